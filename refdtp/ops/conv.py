@@ -1,0 +1,273 @@
+"""2-D convolution and its exact adjoint, the transposed convolution.
+
+Layout: activations NCHW, weights (C_out, C_in, k, k) as in PyTorch. The
+convolution is an im2col + GEMM:
+
+    col[(c, i, j), (b, h, w)] = x_pad[b, c, s*h + i, s*w + j]      (C_in k k, B Ho Wo)
+    y[b, o, h, w]             = sum_{c,i,j} W[o, c, i, j] col[(c,i,j), (b,h,w)] + bias[o]
+
+im2col is one strided view of the padded input and one copy (the only loop
+is over kernel offsets in col2im, never over pixels, samples or channels).
+Its adjoint ``conv_transpose2d`` is what the feedback path G uses
+(ConvTranspose2d with the forward conv's weight layout, scalingDTP's
+`invert`), and what back-propagation uses for the input gradient.
+"""
+from __future__ import annotations
+
+from ..backend import array_module
+from .base import Op, check_input
+from .linear import uniform_init
+
+
+def conv_output_size(n: int, k: int, stride: int, padding: int) -> int:
+    """Output length of a convolution: floor((n + 2p - k) / s) + 1."""
+    return (n + 2 * padding - k) // stride + 1
+
+
+def pad2d(x, p: int):
+    """Zero-pad the two spatial axes of (B, C, H, W) by ``p`` on each side."""
+    xp = array_module(x)
+    if p == 0:
+        return xp.ascontiguousarray(x)
+    B, C, H, W = x.shape
+    out = xp.zeros((B, C, H + 2 * p, W + 2 * p), dtype=x.dtype)
+    out[:, :, p:p + H, p:p + W] = x
+    return out
+
+
+def im2col(x, k: int, stride: int, padding: int):
+    """Patches of x as columns.
+
+    Args:
+        x: (B, C, H, W).
+    Returns:
+        col: (C*k*k, B*Ho*Wo), rows ordered (c, i, j), columns (b, h, w).
+    """
+    xp = array_module(x)
+    xpad = pad2d(x, padding)
+    B, C, Hp, Wp = xpad.shape
+    Ho, Wo = (Hp - k) // stride + 1, (Wp - k) // stride + 1
+    sb, sc, sh, sw = xpad.strides
+    windows = xp.lib.stride_tricks.as_strided(
+        xpad, shape=(C, k, k, B, Ho, Wo),
+        strides=(sc, sh, sw, sb, sh * stride, sw * stride))
+    return windows.reshape(C * k * k, B * Ho * Wo)  # copies
+
+
+def col2im(col, x_shape: tuple, k: int, stride: int, padding: int):
+    """Adjoint of :func:`im2col`: sums each column entry back to its pixel.
+
+    Args:
+        col: (C*k*k, B*Ho*Wo).
+        x_shape: (B, C, H, W) of the image that im2col read.
+    Returns:
+        (B, C, H, W).
+    """
+    xp = array_module(col)
+    B, C, H, W = x_shape
+    Ho, Wo = conv_output_size(H, k, stride, padding), conv_output_size(W, k, stride, padding)
+    g = col.reshape(C, k, k, B, Ho, Wo)
+    out = xp.zeros((C, B, H + 2 * padding, W + 2 * padding), dtype=col.dtype)
+    for i in range(k):  # loop over kernel offsets only
+        for j in range(k):
+            out[:, :, i:i + stride * (Ho - 1) + 1:stride, j:j + stride * (Wo - 1) + 1:stride] += g[:, i, j]
+    out = out[:, :, padding:padding + H, padding:padding + W]
+    return xp.ascontiguousarray(out.transpose(1, 0, 2, 3))
+
+
+def _channels_first(y, B: int, Ho: int, Wo: int, bias=None):
+    """(C, B*Ho*Wo) GEMM output -> contiguous (B, C, Ho, Wo), adding a bias on the way."""
+    xp = array_module(y)
+    C = y.shape[0]
+    view = y.reshape(C, B, Ho, Wo).transpose(1, 0, 2, 3)
+    out = xp.empty((B, C, Ho, Wo), dtype=y.dtype)
+    if bias is None:
+        out[...] = view
+    else:
+        xp.add(view, bias.reshape(1, C, 1, 1), out=out)
+    return out
+
+
+def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, col=None):
+    """y = Conv_W(x) + b.
+
+    Args:
+        x: (B, C_in, H, W).
+        weight: (C_out, C_in, k, k).
+        bias: (C_out,) or None.
+        col: im2col(x) if already computed.
+    Returns:
+        (B, C_out, Ho, Wo).
+    """
+    C_out, _, k, _ = weight.shape
+    B, _, H, W = x.shape
+    if col is None:
+        col = im2col(x, k, stride, padding)
+    y = weight.reshape(C_out, -1) @ col  # (C_out, B*Ho*Wo)
+    Ho, Wo = conv_output_size(H, k, stride, padding), conv_output_size(W, k, stride, padding)
+    return _channels_first(y, B, Ho, Wo, bias)
+
+
+def conv_transpose2d(v, weight, bias=None, stride: int = 1, padding: int = 0, out_hw=None):
+    """x = Conv_W^T(v) + c, the adjoint of :func:`conv2d` (bias aside).
+
+    <Conv_W(u), v> = <u, Conv_W^T(v)> for every u, v.
+
+    Args:
+        v: (B, C_out, Ho, Wo).
+        weight: (C_out, C_in, k, k), the *forward* conv's layout.
+        bias: (C_in,) or None.
+        out_hw: (H, W) of the conv input; needed when the stride makes it ambiguous.
+    Returns:
+        (B, C_in, H, W).
+    """
+    C_out, C_in, k, _ = weight.shape
+    B, _, Ho, Wo = v.shape
+    H, W = out_hw if out_hw is not None else ((Ho - 1) * stride - 2 * padding + k,) * 2
+    if stride == 1 and padding <= k - 1:
+        # Stride 1: the adjoint is a convolution with the flipped, channel-
+        # swapped kernel and padding k-1-p (im2col is cheaper than col2im).
+        xp = array_module(v)
+        flipped = xp.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        return conv2d(v, flipped, bias, 1, k - 1 - padding)
+    v_rows = v.transpose(1, 0, 2, 3).reshape(C_out, -1)  # (C_out, B*Ho*Wo)
+    col = weight.reshape(C_out, -1).T @ v_rows  # (C_in*k*k, B*Ho*Wo)
+    x = col2im(col, (B, C_in, H, W), k, stride, padding)
+    if bias is not None:
+        x += bias.reshape(1, C_in, 1, 1)
+    return x
+
+
+def conv2d_weight_grad(x, dy, k: int, stride: int = 1, padding: int = 0, col=None):
+    """d<dy, Conv_W(x)>/dW = sum_{b,h,w} dy[b,o,h,w] x_pad[b,c,s h+i,s w+j].
+
+    Args:
+        x: (B, C_in, H, W); dy: (B, C_out, Ho, Wo); col: im2col(x) if known.
+    Returns:
+        (C_out, C_in, k, k).
+    """
+    C_out, C_in = dy.shape[1], x.shape[1]
+    if col is None:
+        col = im2col(x, k, stride, padding)
+    dy_rows = dy.transpose(1, 0, 2, 3).reshape(C_out, -1)  # (C_out, B*Ho*Wo)
+    return (dy_rows @ col.T).reshape(C_out, C_in, k, k)
+
+
+class Conv2d(Op):
+    """y = Conv_W(x) + b, stride s, zero padding p.
+
+    Args:
+        in_shape: (C_in, H, W) per sample.
+        c_out: output channels.
+        k: kernel size; stride, padding: as in PyTorch.
+
+    Parameters: ``weight`` (C_out, C_in, k, k), ``bias`` (C_out,).
+    """
+    linear = True
+
+    def __init__(self, in_shape: tuple, c_out: int, k: int, stride: int = 1, padding: int = 0,
+                 bias: bool = True):
+        c_in, H, W = in_shape
+        self.c_in, self.c_out, self.k, self.stride, self.padding = c_in, int(c_out), k, stride, padding
+        self.bias = bias
+        self.in_shape = tuple(in_shape)
+        self.out_shape = (self.c_out, conv_output_size(H, k, stride, padding),
+                          conv_output_size(W, k, stride, padding))
+        if min(self.out_shape[1:]) < 1:
+            raise ValueError(f"Conv2d: kernel {k} does not fit input {in_shape} with padding {padding}")
+        self.name = f"Conv2d({c_in}->{c_out}, k={k}, s={stride}, p={padding})"
+
+    def param_shapes(self) -> dict:
+        shapes = {"weight": (self.c_out, self.c_in, self.k, self.k)}
+        if self.bias:
+            shapes["bias"] = (self.c_out,)
+        return shapes
+
+    def init_params(self, rng, dtype) -> dict:
+        fan_in = self.c_in * self.k * self.k
+        return {n: uniform_init(rng, s, fan_in, dtype) for n, s in self.param_shapes().items()}
+
+    def forward(self, p, x, route=None):
+        """x: (B, C_in, H, W) -> (B, C_out, Ho, Wo). Cache: x."""
+        check_input(x, self.in_shape, self.name)
+        return conv2d(x, p["weight"], p.get("bias"), self.stride, self.padding), x
+
+    def jvp(self, p, x, dx):
+        return conv2d(dx, p["weight"], None, self.stride, self.padding)
+
+    def vjp(self, p, x, dy):
+        return conv_transpose2d(dy, p["weight"], None, self.stride, self.padding, self.in_shape[1:])
+
+    def param_grads(self, p, x, dy) -> dict:
+        grads = {"weight": conv2d_weight_grad(x, dy, self.k, self.stride, self.padding)}
+        if self.bias:
+            grads["bias"] = dy.sum(axis=(0, 2, 3))
+        return grads
+
+    def param_jvp(self, p, x, dp):
+        return conv2d(x, dp["weight"], dp.get("bias"), self.stride, self.padding)
+
+    def inverted(self) -> "ConvTranspose2d":
+        """ConvTranspose2d(C_out -> C_in) with its own weights, same layout and geometry."""
+        return ConvTranspose2d(self.in_shape, self.c_out, self.k, self.stride, self.padding, self.bias)
+
+
+class ConvTranspose2d(Op):
+    """x = Conv_w^T(v) + c: the adjoint of a Conv2d of the given geometry.
+
+    Built from the *forward* conv's geometry, so that with w = W it is exactly
+    the transpose of that conv. Maps (C_out, Ho, Wo) -> (C_in, H, W).
+
+    Args:
+        conv_in_shape: (C_in, H, W), the forward conv's input shape (this op's output).
+        conv_c_out: the forward conv's output channels (this op's input channels).
+        k, stride, padding: the forward conv's.
+
+    Parameters: ``weight`` (C_out, C_in, k, k) (PyTorch's ConvTranspose2d
+    layout), ``bias`` (C_in,).
+    """
+    linear = True
+
+    def __init__(self, conv_in_shape: tuple, conv_c_out: int, k: int, stride: int = 1,
+                 padding: int = 0, bias: bool = True):
+        self.conv = Conv2d(conv_in_shape, conv_c_out, k, stride, padding, bias=False)
+        self.k, self.stride, self.padding, self.bias = k, stride, padding, bias
+        self.in_shape, self.out_shape = self.conv.out_shape, self.conv.in_shape
+        self.name = f"ConvTranspose2d({conv_c_out}->{conv_in_shape[0]}, k={k}, s={stride}, p={padding})"
+
+    def param_shapes(self) -> dict:
+        shapes = dict(self.conv.param_shapes())
+        if self.bias:
+            shapes["bias"] = (self.out_shape[0],)
+        return shapes
+
+    def init_params(self, rng, dtype) -> dict:
+        # PyTorch takes fan_in from weight dim 1 (the forward C_in) times k^2.
+        fan_in = self.out_shape[0] * self.k * self.k
+        return {n: uniform_init(rng, s, fan_in, dtype) for n, s in self.param_shapes().items()}
+
+    def forward(self, p, v, route=None):
+        """v: (B, C_out, Ho, Wo) -> (B, C_in, H, W). Cache: v."""
+        check_input(v, self.in_shape, self.name)
+        x = conv_transpose2d(v, p["weight"], p.get("bias"), self.stride, self.padding, self.out_shape[1:])
+        return x, v
+
+    def jvp(self, p, v, dv):
+        return conv_transpose2d(dv, p["weight"], None, self.stride, self.padding, self.out_shape[1:])
+
+    def vjp(self, p, v, dx):
+        return conv2d(dx, p["weight"], None, self.stride, self.padding)
+
+    def param_grads(self, p, v, dx) -> dict:
+        """d<dx, Conv_w^T v>/dw = d<Conv_w dx, v>/dw: a conv weight gradient with input dx."""
+        grads = {"weight": conv2d_weight_grad(dx, v, self.k, self.stride, self.padding)}
+        if self.bias:
+            grads["bias"] = dx.sum(axis=(0, 2, 3))
+        return grads
+
+    def param_jvp(self, p, v, dp):
+        return conv_transpose2d(v, dp["weight"], dp.get("bias"), self.stride, self.padding,
+                                self.out_shape[1:])
+
+    def inverted(self) -> Conv2d:
+        return Conv2d(self.out_shape, self.in_shape[0], self.k, self.stride, self.padding, self.bias)

@@ -1,0 +1,216 @@
+"""Max pooling with explicit argmax indices, max un-pooling, average pooling.
+
+Indices follow PyTorch: for each output position, the flat index h*W + w of
+the selected input pixel within its (H, W) plane. They are returned to the
+caller and passed back explicitly (a "route"), never kept in hidden state,
+unlike scalingDTP's one-slot "magic bridge" buffer (algorithm.md section 9.1).
+
+Un-pooling is the adjoint of max-pooling for the given indices: it *sums*
+the values routed to the same input pixel. For non-overlapping windows every
+pixel gets at most one value and this equals PyTorch's MaxUnpool2d; for
+overlapping windows (LeNet's 3/2/1 pools) PyTorch writes instead of summing,
+so its un-pool is not the adjoint (algorithm.md section 2.3). We keep the
+exact adjoint and say so.
+"""
+from __future__ import annotations
+
+from ..backend import array_module
+from .base import Op, check_input
+from .conv import conv_output_size
+
+
+class MaxPool2d(Op):
+    """y[b,c,h,w] = max over the window of x; indices of the maxima.
+
+    Args:
+        in_shape: (C, H, W).
+        k: window size; stride (default k); padding (implicit -inf), as in PyTorch.
+
+    Forward cache (and route): indices (B, C, Ho, Wo) int64.
+    """
+
+    def __init__(self, in_shape: tuple, k: int, stride: int | None = None, padding: int = 0):
+        C, H, W = in_shape
+        self.k, self.stride, self.padding = k, stride or k, padding
+        if padding > k // 2:
+            raise ValueError(f"MaxPool2d: padding {padding} must be at most k/2 = {k // 2}")
+        self.in_shape = tuple(in_shape)
+        self.out_shape = (C, conv_output_size(H, k, self.stride, padding),
+                          conv_output_size(W, k, self.stride, padding))
+        self.overlapping = self.stride < k
+        self.name = f"MaxPool2d(k={k}, s={self.stride}, p={padding})"
+
+    def _windows(self, x):
+        """(B, C, Ho, Wo, k*k) copy of the pooling windows."""
+        xp = array_module(x)
+        B, C, H, W = x.shape
+        k, s, p = self.k, self.stride, self.padding
+        _, Ho, Wo = self.out_shape
+        if s == k and p == 0 and H % k == 0 and W % k == 0:
+            win = x.reshape(B, C, Ho, k, Wo, k).transpose(0, 1, 2, 4, 3, 5)
+            return win.reshape(B, C, Ho, Wo, k * k)
+        xpad = xp.full((B, C, H + 2 * p, W + 2 * p), -xp.inf, dtype=x.dtype)
+        xpad[:, :, p:p + H, p:p + W] = x
+        sb, sc, sh, sw = xpad.strides
+        win = xp.lib.stride_tricks.as_strided(
+            xpad, shape=(B, C, Ho, Wo, k, k), strides=(sb, sc, sh * s, sw * s, sh, sw))
+        return win.reshape(B, C, Ho, Wo, k * k)
+
+    def forward(self, p, x, route=None):
+        """x: (B, C, H, W) -> (y (B, C, Ho, Wo), indices (B, C, Ho, Wo))."""
+        check_input(x, self.in_shape, self.name)
+        xp = array_module(x)
+        win = self._windows(x)
+        local = win.argmax(axis=-1)  # first maximum on ties, like PyTorch
+        y = xp.take_along_axis(win, local[..., None], axis=-1)[..., 0]
+        _, Ho, Wo = self.out_shape
+        k, s, pad = self.k, self.stride, self.padding
+        rows = xp.arange(Ho).reshape(Ho, 1) * s - pad + local // k
+        cols = xp.arange(Wo) * s - pad + local % k
+        return y, rows * self.in_shape[2] + cols
+
+    def jvp(self, p, indices, dx):
+        return gather_plane(dx, indices)
+
+    def vjp(self, p, indices, dy):
+        return scatter_plane(dy, indices, self.in_shape[1:], unique=not self.overlapping)
+
+    def inverted(self) -> "MaxUnpool2d":
+        return MaxUnpool2d(self)
+
+
+class MaxUnpool2d(Op):
+    """Places each value at its stored argmax position, zeros elsewhere.
+
+    The adjoint of the paired :class:`MaxPool2d` for the given indices (which
+    arrive as the route). Maps (C, Ho, Wo) -> (C, H, W). Cache: indices.
+    """
+    needs_route = True
+    linear = True
+
+    def __init__(self, pool: MaxPool2d):
+        self.pool = pool
+        self.in_shape, self.out_shape = pool.out_shape, pool.in_shape
+        self.name = f"MaxUnpool2d(k={pool.k}, s={pool.stride}, p={pool.padding})"
+
+    def forward(self, p, y, route=None):
+        check_input(y, self.in_shape, self.name)
+        if tuple(route.shape) != tuple(y.shape):
+            raise ValueError(f"{self.name}: indices of shape {tuple(route.shape)} do not match "
+                             f"input of shape {tuple(y.shape)}")
+        return self.jvp(p, route, y), route
+
+    def jvp(self, p, indices, dy):
+        return scatter_plane(dy, indices, self.out_shape[1:], unique=not self.pool.overlapping)
+
+    def vjp(self, p, indices, dx):
+        return gather_plane(dx, indices)
+
+    def inverted(self) -> MaxPool2d:
+        return self.pool
+
+
+def _flat_indices(indices, plane_size: int):
+    """Plane indices (B, C, Ho, Wo) -> indices into the flattened (B, C, H, W) array."""
+    xp = array_module(indices)
+    B, C = indices.shape[:2]
+    offsets = (xp.arange(B * C, dtype=indices.dtype) * plane_size).reshape(B, C, 1, 1)
+    return (indices + offsets).ravel()
+
+
+def scatter_plane(values, indices, hw: tuple, unique: bool):
+    """out[b, c].flat[indices[b, c, h, w]] (+)= values[b, c, h, w].
+
+    Args:
+        values, indices: (B, C, Ho, Wo).
+        hw: (H, W) of the output planes.
+        unique: True when no two indices of a plane coincide (non-overlapping
+            windows): a plain assignment; otherwise colliding values are summed.
+    Returns:
+        (B, C, H, W).
+    """
+    xp = array_module(values)
+    B, C = values.shape[:2]
+    H, W = hw
+    flat = _flat_indices(indices, H * W)
+    if unique:
+        out = xp.zeros(B * C * H * W, dtype=values.dtype)
+        out[flat] = values.ravel()
+    else:
+        out = xp.bincount(flat, weights=values.ravel(), minlength=B * C * H * W).astype(values.dtype)
+    return out.reshape(B, C, H, W)
+
+
+def gather_plane(x, indices):
+    """x[b, c].flat[indices[b, c, h, w]] for each output position; (B, C, Ho, Wo)."""
+    return x.ravel()[_flat_indices(indices, x.shape[2] * x.shape[3])].reshape(indices.shape)
+
+
+class AvgPool2d(Op):
+    """y = mean of each window (zero padding counted, as PyTorch's default). Linear."""
+    linear = True
+
+    def __init__(self, in_shape: tuple, k: int, stride: int | None = None, padding: int = 0):
+        C, H, W = in_shape
+        self.k, self.stride, self.padding = k, stride or k, padding
+        self.in_shape = tuple(in_shape)
+        self.out_shape = (C, conv_output_size(H, k, self.stride, padding),
+                          conv_output_size(W, k, self.stride, padding))
+        self.name = f"AvgPool2d(k={k}, s={self.stride}, p={padding})"
+
+    def _offsets(self):
+        k, s = self.k, self.stride
+        _, Ho, Wo = self.out_shape
+        for i in range(k):
+            for j in range(k):
+                yield (slice(i, i + s * (Ho - 1) + 1, s), slice(j, j + s * (Wo - 1) + 1, s))
+
+    def forward(self, p, x, route=None):
+        check_input(x, self.in_shape, self.name)
+        return self.jvp(p, None, x), None
+
+    def jvp(self, p, cache, dx):
+        xp = array_module(dx)
+        pad = self.padding
+        xpad = dx if pad == 0 else xp.pad(dx, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        B, C = dx.shape[:2]
+        y = xp.zeros((B, C) + self.out_shape[1:], dtype=dx.dtype)
+        for rows, cols in self._offsets():
+            y += xpad[:, :, rows, cols]
+        return y / (self.k * self.k)
+
+    def vjp(self, p, cache, dy):
+        xp = array_module(dy)
+        B, C, H, W = (dy.shape[0],) + self.in_shape
+        pad = self.padding
+        out = xp.zeros((B, C, H + 2 * pad, W + 2 * pad), dtype=dy.dtype)
+        share = dy / (self.k * self.k)
+        for rows, cols in self._offsets():
+            out[:, :, rows, cols] += share
+        return xp.ascontiguousarray(out[:, :, pad:pad + H, pad:pad + W])
+
+    def inverted(self) -> "AvgUnpool2d":
+        return AvgUnpool2d(self)
+
+
+class AvgUnpool2d(Op):
+    """The adjoint of :class:`AvgPool2d` (spreads each value over its window / k^2)."""
+    linear = True
+
+    def __init__(self, pool: AvgPool2d):
+        self.pool = pool
+        self.in_shape, self.out_shape = pool.out_shape, pool.in_shape
+        self.name = f"AvgUnpool2d(k={pool.k}, s={pool.stride}, p={pool.padding})"
+
+    def forward(self, p, y, route=None):
+        check_input(y, self.in_shape, self.name)
+        return self.pool.vjp(p, None, y), None
+
+    def jvp(self, p, cache, dy):
+        return self.pool.vjp(p, None, dy)
+
+    def vjp(self, p, cache, dx):
+        return self.pool.jvp(p, None, dx)
+
+    def inverted(self) -> AvgPool2d:
+        return self.pool
