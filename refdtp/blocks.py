@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .backend import array_module
 from .ops import Act, Chain, Op
 
 
@@ -113,6 +114,59 @@ class Block:
     def feedback_param_grads(self, omega, cache, dx) -> dict:
         """d<dx, G_n(y; omega)>/d omega with y fixed."""
         return self.G.param_grads(omega, cache, dx)
+
+    # -- G = post . L_omega . pre, with L linear in omega ----------------
+    @property
+    def feedback_is_affine(self) -> bool:
+        """True when G = post(L_omega(pre(y)) + c) with pre parameter-free and
+        post linear: then G(a) - G(b) = post(L_omega(pre(a) - pre(b))) and the
+        feedback bias c cancels from every difference (algorithm.md 4.1, 10)."""
+        k = self.G.param_index
+        post = self.G.ops[k + 1:] if k is not None else ()
+        return (k is not None and self.G.ops[k].linear
+                and all(op.linear and not op.needs_route for op in post))
+
+    def feedback_features(self, y, route):
+        """u = pre(y), the input of G's weight layer (ELU(unpool(y)) for a conv block)."""
+        k = self.G.param_index
+        for i, op in enumerate(self.G.ops[:k]):
+            y, _ = op.forward({}, y, route[i])
+        return y
+
+    def feedback_linear(self, omega, u):
+        """post(L_omega u) without the bias: the part of G that is linear in u and omega."""
+        k = self.G.param_index
+        out, _ = self.G.ops[k].forward({"weight": omega["weight"]}, u)
+        for op in self.G.ops[k + 1:]:
+            out, _ = op.forward({}, out)
+        return out
+
+    def feedback_difference(self, omega, a, b, route_a, route_b=None):
+        """G(a; route_a) - G(b; route_b) (route_b defaults to route_a).
+
+        For an affine G this is post(L_omega(pre(a) - pre(b))): one weight-layer
+        evaluation instead of two, and the bias cancels exactly.
+        """
+        route_b = route_a if route_b is None else route_b
+        if self.feedback_is_affine:
+            du = self.feedback_features(a, route_a) - self.feedback_features(b, route_b)
+            return self.feedback_linear(omega, du)
+        return self.feedback(omega, a, route_a)[0] - self.feedback(omega, b, route_b)[0]
+
+    def difference_grads(self, omega, du, dx) -> dict:
+        """d<dx, G(a) - G(b)>/d omega for du = pre(a) - pre(b), i.e. the gradient
+        of <dx, post(L_omega du)>. The bias cancels: its gradient is exactly 0.
+
+        Args:
+            du: (B, *u_shape) feature difference; dx: (B, *in_shape) upstream signal.
+        """
+        k = self.G.param_index
+        for op in reversed(self.G.ops[k + 1:]):
+            dx = op.vjp({}, None, dx)
+        grads = self.G.ops[k].param_grads({"weight": omega["weight"]}, du, dx)
+        if "bias" in omega:
+            grads["bias"] = array_module(omega["bias"]).zeros_like(omega["bias"])
+        return grads
 
     def __repr__(self) -> str:
         return f"Block({self.name}: F = {self.F!r}; G = {self.G!r})"

@@ -210,7 +210,7 @@ def lenet(num_classes: int = 10, in_shape: tuple = (3, 32, 32), activation: str 
 
 
 def mlp(widths: Sequence[int], activation: str = "tanh", output_activation: str | None = None,
-        feedback: str = "paper") -> Network:
+        feedback: str = "paper", in_shape: tuple | None = None) -> Network:
     """Fully connected net widths[0] -> ... -> widths[-1].
 
     Args:
@@ -219,6 +219,8 @@ def mlp(widths: Sequence[int], activation: str = "tanh", output_activation: str 
         output_activation: activation of the last layer (None: linear output).
         feedback: "paper" (G = activation then linear, scalingDTP's inversion)
             or "jmc" (G = phi then linear, exact Jacobian matching possible).
+        in_shape: per-sample input shape when inputs are images (flattened
+            by the first block); its size must be widths[0].
     """
     if feedback not in ("paper", "jmc"):
         raise ValueError(f"mlp: feedback must be 'paper' or 'jmc', got {feedback!r}")
@@ -229,7 +231,10 @@ def mlp(widths: Sequence[int], activation: str = "tanh", output_activation: str 
         fb_act = JMC_PHI.get(act) if (feedback == "jmc" and act is not None) else None
         if feedback == "jmc" and act is not None and fb_act is None:
             raise ValueError(f"mlp: no exact-JMC phi for activation {act!r}")
-        blocks.append(linear_block(f"fc_{i}", (n_in,), n_out, act, fb_act))
+        shape = tuple(in_shape) if (i == 0 and in_shape is not None) else (n_in,)
+        if math.prod(shape) != n_in:
+            raise ValueError(f"mlp: in_shape {shape} does not have widths[0] = {n_in} entries")
+        blocks.append(linear_block(f"fc_{i}", shape, n_out, act, fb_act))
     return Network(blocks, "mlp")
 
 

@@ -200,7 +200,7 @@ class Conv2d(Op):
 
     def param_grads(self, p, x, dy) -> dict:
         grads = {"weight": conv2d_weight_grad(x, dy, self.k, self.stride, self.padding)}
-        if self.bias:
+        if "bias" in p:
             grads["bias"] = dy.sum(axis=(0, 2, 3))
         return grads
 
@@ -261,7 +261,7 @@ class ConvTranspose2d(Op):
     def param_grads(self, p, v, dx) -> dict:
         """d<dx, Conv_w^T v>/dw = d<Conv_w dx, v>/dw: a conv weight gradient with input dx."""
         grads = {"weight": conv2d_weight_grad(dx, v, self.k, self.stride, self.padding)}
-        if self.bias:
+        if "bias" in p:
             grads["bias"] = dx.sum(axis=(0, 2, 3))
         return grads
 

@@ -48,7 +48,7 @@ class Linear(Op):
         """x: (B, n_in) -> y: (B, n_out). Cache: x."""
         check_input(x, self.in_shape, self.name)
         y = x @ p["weight"].T
-        if self.bias:
+        if p.get("bias") is not None:
             y += p["bias"]
         return y, x
 
@@ -61,13 +61,13 @@ class Linear(Op):
     def param_grads(self, p, x, dy) -> dict:
         """dW = dy^T x (n_out, n_in); db = sum_b dy (n_out,)."""
         grads = {"weight": dy.T @ x}
-        if self.bias:
+        if "bias" in p:
             grads["bias"] = dy.sum(axis=0)
         return grads
 
     def param_jvp(self, p, x, dp):
         dy = x @ dp["weight"].T
-        if self.bias:
+        if dp.get("bias") is not None:
             dy = dy + dp["bias"]
         return dy
 

@@ -1,0 +1,187 @@
+"""One training step of each algorithm: L-DRL (default), BP, vanilla DTP, TP, DRL.
+
+The per-batch schedule follows the official code (algorithm.md 1, 4.3):
+
+1. forward pass s_0..s_N with the current W (frozen for this batch);
+2. feedback phase: for each trained block n = 2..N, K_n SGD steps on omega_n,
+   each with fresh noise of scale sigma_n, one optimiser per block whose
+   momentum persists across batches (BP skips this);
+3. forward phase: targets from the updated feedback, one optimiser step on
+   every W_n with the block-local loss (BP: the mean cross-entropy gradient).
+
+Noise for block n at (epoch, step) comes from the stream
+``Noise(seed, NOISE_KEY, epoch, step, n)``, so a resumed run draws exactly
+the noise an uninterrupted one draws.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .backend import Noise, array_module, backend_name
+from .backprop import backprop
+from .config import Config
+from .feedback import drl_grads, dtp_grads, ldrl_constants, ldrl_grads_fused
+from .losses import accuracy, cross_entropy, cross_entropy_grad
+from .networks import Network, Trace
+from .optim import SGD, flatten, make_optimizer, unflatten
+from .targets import dtp_forward_grads, forward_loss
+
+NOISE_KEY = 7
+
+
+class DivergenceError(FloatingPointError):
+    """A NaN or Inf appeared; the message names the block and the quantity."""
+
+
+@dataclass
+class TrainState:
+    """Everything that evolves during training (what a checkpoint holds).
+
+    Attributes:
+        W, omega: forward and feedback parameters, {block: {name: array}}.
+        forward_opt: forward optimiser state (flat keys "block.param").
+        feedback_opt: {block: feedback optimiser state}.
+        epoch, step: position of the *next* batch (step counts within the epoch).
+        global_step: batches done since the start of the run.
+    """
+    W: dict
+    omega: dict
+    forward_opt: dict
+    feedback_opt: dict = field(default_factory=dict)
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+
+
+def forward_optimizer(cfg: Config):
+    """The forward-weight optimiser of a config."""
+    if cfg.optimizer == "sgd":
+        return SGD(cfg.lr, cfg.momentum, cfg.weight_decay)
+    return make_optimizer(cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def feedback_optimizers(cfg: Config, net: Network) -> dict:
+    """One SGD-momentum optimiser per trained feedback block (blocks 2..N)."""
+    if cfg.algorithm == "bp":
+        return {}
+    return {b.name: SGD(lr, cfg.feedback_momentum, cfg.feedback_weight_decay)
+            for b, lr in zip(net.blocks[1:], cfg.feedback_lr)}
+
+
+def init_state(cfg: Config, net: Network, backend: str = "numpy") -> TrainState:
+    """Initial parameters (PyTorch defaults from cfg.seed) and fresh optimiser states."""
+    cfg.validate(net)
+    W, omega = net.init(cfg.seed, cfg.dtype, backend)
+    fb = {name: opt.init_state(omega[name]) for name, opt in feedback_optimizers(cfg, net).items()}
+    return TrainState(W, omega, forward_optimizer(cfg).init_state(flatten(W)), fb)
+
+
+def _check_finite(tree: dict, what: str) -> None:
+    for key, a in tree.items():
+        if not bool(array_module(a).isfinite(a).all()):
+            raise DivergenceError(f"{what}: {key} became NaN/Inf")
+
+
+# -- feedback phase -------------------------------------------------------
+
+def _block_feedback_grads(cfg, net, W, omega, trace, n, noise, sigma, consts, with_loss):
+    """The gradient of block n's feedback loss for one fresh noise draw."""
+    block = net.blocks[n - 1]
+    x, y = trace.s[n - 1], trace.s[n]
+    eps = noise.normal(x.shape, sigma, x.dtype)
+    name = block.name
+    if cfg.algorithm == "ldrl":
+        eta = noise.normal(y.shape, sigma, y.dtype)
+        route, u_clean = consts
+        return ldrl_grads_fused(block, W[name], omega[name], x, y, route, u_clean, eps, eta, with_loss)
+    if cfg.algorithm in ("dtp", "tp"):
+        return dtp_grads(block, W[name], omega[name], x, eps, with_loss)
+    return drl_grads(net, W, omega, trace, n, eps, sigma, with_loss)
+
+
+def feedback_phase(cfg: Config, net: Network, state: TrainState, trace: Trace,
+                   epoch: int, step: int, backend: str) -> tuple[dict, dict, dict]:
+    """K_n feedback updates of every block n = 2..N (DRL: top-down, others bottom-up).
+
+    Returns:
+        (omega, feedback optimiser states, {block: last feedback loss}).
+    """
+    omega, fb_states, losses = dict(state.omega), dict(state.feedback_opt), {}
+    optimizers = feedback_optimizers(cfg, net)
+    order = range(2, len(net) + 1)
+    if cfg.algorithm == "drl":
+        order = reversed(order)
+    for n in order:
+        block = net.blocks[n - 1]
+        K, sigma = cfg.feedback_iterations[n - 2], cfg.feedback_sigma[n - 2]
+        noise = Noise(cfg.seed, NOISE_KEY, epoch, step, n, backend=backend)
+        consts = None
+        if cfg.algorithm == "ldrl":
+            route = block.route(trace.caches[n - 1])
+            consts = (route, ldrl_constants(block, trace.s[n], route))
+        om, st = omega[block.name], fb_states[block.name]
+        for it in range(K):
+            grads, loss = _block_feedback_grads(cfg, net, W=state.W, omega={**omega, block.name: om},
+                                                trace=trace, n=n, noise=noise, sigma=sigma,
+                                                consts=consts, with_loss=(it == K - 1))
+            om, st = optimizers[block.name].step(om, grads, st)
+        _check_finite(om, f"epoch {epoch} step {step}: feedback weights of block {block.name}")
+        omega[block.name], fb_states[block.name] = om, st
+        if K:
+            losses[block.name] = float(loss)
+    return omega, fb_states, losses
+
+
+# -- one step ---------------------------------------------------------------
+
+def forward_grads(cfg: Config, net: Network, W: dict, omega: dict, trace: Trace, labels):
+    """The forward-weight update direction of the algorithm, and the forward loss.
+
+    BP: d(mean CE)/dW. DTP family: the block-local loss gradient with
+    beta-nudged, feedback-propagated targets (no 1/beta: algorithm.md 3.3).
+    """
+    logits = trace.logits.reshape(trace.s[0].shape[0], -1)
+    if cfg.algorithm == "bp":
+        grads, _ = backprop(net, W, trace, cross_entropy_grad(logits, labels, "mean"))
+        return grads, None
+    rule = "tp" if cfg.algorithm == "tp" else "difference"
+    grads, targets = dtp_forward_grads(net, W, omega, trace, labels, cfg.beta, rule)
+    return grads, forward_loss(trace, targets)
+
+
+def train_step(cfg: Config, net: Network, state: TrainState, x, labels, lr: float) -> tuple[TrainState, dict]:
+    """One batch: feedback phase, then one forward update.
+
+    Args:
+        cfg: the run's config; net: its network.
+        state: current state (not modified).
+        x: (B, *in_shape) float batch on the run's backend; labels: (B,) int.
+        lr: forward learning rate of this epoch (from the schedule).
+
+    Returns:
+        (new state, stats {"loss", "accuracy", "forward_loss", "feedback_loss/<block>"}).
+
+    Raises:
+        DivergenceError: a NaN/Inf in a loss or in updated weights; the old
+            state stays valid.
+    """
+    backend = backend_name(x)
+    trace = net.forward(state.W, x)
+    logits = trace.logits.reshape(x.shape[0], -1)
+    ce = float(cross_entropy(logits, labels, "mean"))
+    stats = {"loss": ce, "accuracy": accuracy(logits, labels)}
+    where = f"epoch {state.epoch} step {state.step}"
+    if not (ce == ce and abs(ce) != float("inf")):
+        raise DivergenceError(f"{where}: cross-entropy of block {net.blocks[-1].name}'s output is {ce}")
+    omega, fb_states = state.omega, state.feedback_opt
+    if cfg.algorithm != "bp":
+        omega, fb_states, fb_losses = feedback_phase(cfg, net, state, trace, state.epoch, state.step, backend)
+        stats.update({f"feedback_loss/{k}": v for k, v in fb_losses.items()})
+    grads, f_loss = forward_grads(cfg, net, state.W, omega, trace, labels)
+    if f_loss is not None:
+        stats["forward_loss"] = float(f_loss)
+    flat_W, opt_state = forward_optimizer(cfg).step(flatten(state.W), flatten(grads), state.forward_opt, lr)
+    _check_finite(flat_W, f"{where}: forward weights")
+    new = TrainState(unflatten(flat_W), omega, opt_state, fb_states, state.epoch, state.step + 1,
+                     state.global_step + 1)
+    return new, stats
