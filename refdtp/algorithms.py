@@ -21,6 +21,7 @@ from .backend import Noise, array_module, backend_name
 from .backprop import backprop
 from .config import Config
 from .feedback import drl_grads, dtp_grads, ldrl_constants, ldrl_grads_fused
+from .ldrl_fast import LDRLPlan, supports
 from .losses import accuracy, cross_entropy, cross_entropy_grad
 from .networks import Network, Trace
 from .optim import SGD, flatten, make_optimizer, unflatten
@@ -92,6 +93,8 @@ def _block_feedback_grads(cfg, net, W, omega, trace, n, noise, sigma, consts, wi
     name = block.name
     if cfg.algorithm == "ldrl":
         eta = noise.normal(y.shape, sigma, y.dtype)
+        if isinstance(consts, LDRLPlan):
+            return consts.grads(omega[name], eps, eta, with_loss)
         route, u_clean = consts
         return ldrl_grads_fused(block, W[name], omega[name], x, y, route, u_clean, eps, eta, with_loss)
     if cfg.algorithm in ("dtp", "tp"):
@@ -116,9 +119,10 @@ def feedback_phase(cfg: Config, net: Network, state: TrainState, trace: Trace,
         K, sigma = cfg.feedback_iterations[n - 2], cfg.feedback_sigma[n - 2]
         noise = Noise(cfg.seed, NOISE_KEY, epoch, step, n, backend=backend)
         consts = None
-        if cfg.algorithm == "ldrl":
+        if cfg.algorithm == "ldrl":  # per-batch constants of the fused gradient
             route = block.route(trace.caches[n - 1])
-            consts = (route, ldrl_constants(block, trace.s[n], route))
+            consts = (LDRLPlan(block, state.W[block.name], trace.s[n - 1], trace.s[n], route)
+                      if supports(block) else (route, ldrl_constants(block, trace.s[n], route)))
         om, st = omega[block.name], fb_states[block.name]
         for it in range(K):
             grads, loss = _block_feedback_grads(cfg, net, W=state.W, omega={**omega, block.name: om},

@@ -134,6 +134,22 @@ def synchronize(xp) -> None:
         xp.cuda.get_current_stream().synchronize()
 
 
+def device_memory_bytes(xp):
+    """Bytes held by CuPy's default memory pool (its high-water mark), or None on NumPy."""
+    if xp is np:
+        return None
+    return int(xp.get_default_memory_pool().total_bytes())
+
+
+def device_name(xp) -> str:
+    """A readable name of the device that runs ``xp``'s arrays."""
+    if xp is np:
+        import platform
+        return f"CPU ({platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores)"
+    props = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)
+    return props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+
+
 # --------------------------------------------------------------------------
 # Seeded randomness
 # --------------------------------------------------------------------------

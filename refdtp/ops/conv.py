@@ -35,11 +35,13 @@ def pad2d(x, p: int):
     return out
 
 
-def im2col(x, k: int, stride: int, padding: int):
+def im2col(x, k: int, stride: int, padding: int, out=None):
     """Patches of x as columns.
 
     Args:
         x: (B, C, H, W).
+        out: optional (C*k*k, B*Ho*Wo) destination, e.g. one half of a wider
+            buffer (any row stride; unit column stride).
     Returns:
         col: (C*k*k, B*Ho*Wo), rows ordered (c, i, j), columns (b, h, w).
     """
@@ -51,7 +53,15 @@ def im2col(x, k: int, stride: int, padding: int):
     windows = xp.lib.stride_tricks.as_strided(
         xpad, shape=(C, k, k, B, Ho, Wo),
         strides=(sc, sh, sw, sb, sh * stride, sw * stride))
-    return windows.reshape(C * k * k, B * Ho * Wo)  # copies
+    if out is None:
+        return windows.reshape(C * k * k, B * Ho * Wo)  # copies
+    if out.shape != (C * k * k, B * Ho * Wo) or out.strides[1] != out.itemsize:
+        raise ValueError(f"im2col: out must be ({C * k * k}, {B * Ho * Wo}) with unit column stride")
+    r, c = out.strides
+    dest = xp.lib.stride_tricks.as_strided(
+        out, shape=(C, k, k, B, Ho, Wo), strides=(k * k * r, k * r, r, Ho * Wo * c, Wo * c, c))
+    dest[...] = windows
+    return out
 
 
 def col2im(col, x_shape: tuple, k: int, stride: int, padding: int):

@@ -40,34 +40,51 @@ class MaxPool2d(Op):
         self.overlapping = self.stride < k
         self.name = f"MaxPool2d(k={k}, s={self.stride}, p={padding})"
 
-    def _windows(self, x):
-        """(B, C, Ho, Wo, k*k) copy of the pooling windows."""
-        xp = array_module(x)
-        B, C, H, W = x.shape
-        k, s, p = self.k, self.stride, self.padding
+    def _offsets(self):
+        """(t, i, j, rows, cols): window offset t = i*k + j and the strided slices it reads."""
+        k, s = self.k, self.stride
         _, Ho, Wo = self.out_shape
-        if s == k and p == 0 and H % k == 0 and W % k == 0:
-            win = x.reshape(B, C, Ho, k, Wo, k).transpose(0, 1, 2, 4, 3, 5)
-            return win.reshape(B, C, Ho, Wo, k * k)
-        xpad = xp.full((B, C, H + 2 * p, W + 2 * p), -xp.inf, dtype=x.dtype)
-        xpad[:, :, p:p + H, p:p + W] = x
-        sb, sc, sh, sw = xpad.strides
-        win = xp.lib.stride_tricks.as_strided(
-            xpad, shape=(B, C, Ho, Wo, k, k), strides=(sb, sc, sh * s, sw * s, sh, sw))
-        return win.reshape(B, C, Ho, Wo, k * k)
+        for i in range(k):
+            for j in range(k):
+                yield i * k + j, i, j, slice(i, i + s * (Ho - 1) + 1, s), slice(j, j + s * (Wo - 1) + 1, s)
 
     def forward(self, p, x, route=None):
-        """x: (B, C, H, W) -> (y (B, C, Ho, Wo), indices (B, C, Ho, Wo))."""
+        """x: (B, C, H, W) -> (y (B, C, Ho, Wo), indices (B, C, Ho, Wo)).
+
+        A running maximum over the k*k window offsets (a loop over offsets,
+        never over pixels): each offset reads one strided view of x, and a
+        strict comparison keeps the first maximum on ties, like PyTorch.
+        """
         check_input(x, self.in_shape, self.name)
         xp = array_module(x)
-        win = self._windows(x)
-        local = win.argmax(axis=-1)  # first maximum on ties, like PyTorch
-        y = xp.take_along_axis(win, local[..., None], axis=-1)[..., 0]
+        B, C, H, W = x.shape
+        pad, s = self.padding, self.stride
+        if pad:
+            xpad = xp.full((B, C, H + 2 * pad, W + 2 * pad), -xp.inf, dtype=x.dtype)
+            xpad[:, :, pad:pad + H, pad:pad + W] = x
+        else:
+            xpad = x
+        y = local = None
+        for t, i, j, rows, cols in self._offsets():
+            v = xpad[:, :, rows, cols]
+            if y is None:
+                y = v.copy()
+                local = xp.zeros(y.shape, dtype=xp.int16)  # window offset t of the maximum
+                continue
+            better = v > y
+            xp.maximum(y, v, out=y)
+            xp.copyto(local, t, where=better)
+        return y, self._plane_indices(local, W)
+
+    def _plane_indices(self, local, W: int):
+        """Window offsets t = i*k + j -> PyTorch plane indices (s*h - p + i)*W + (s*w - p + j)."""
+        xp = array_module(local)
         _, Ho, Wo = self.out_shape
         k, s, pad = self.k, self.stride, self.padding
-        rows = xp.arange(Ho).reshape(Ho, 1) * s - pad + local // k
-        cols = xp.arange(Wo) * s - pad + local % k
-        return y, rows * self.in_shape[2] + cols
+        t = local.astype(xp.int64)
+        i = t // k
+        base = ((xp.arange(Ho, dtype=xp.int64) * s - pad) * W).reshape(Ho, 1) + (xp.arange(Wo) * s - pad)
+        return base + i * W + (t - i * k)
 
     def jvp(self, p, indices, dx):
         return gather_plane(dx, indices)

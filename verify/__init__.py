@@ -1,0 +1,1 @@
+"""Numerical verification of the paper's guarantees: ``python -m verify.theory``."""
