@@ -134,6 +134,13 @@ def synchronize(xp) -> None:
         xp.cuda.get_current_stream().synchronize()
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for host MemoryError and CuPy's device OutOfMemoryError."""
+    if isinstance(exc, MemoryError):
+        return True
+    return _cupy is not None and isinstance(exc, _cupy.cuda.memory.OutOfMemoryError)
+
+
 def device_memory_bytes(xp):
     """Bytes held by CuPy's default memory pool (its high-water mark), or None on NumPy."""
     if xp is np:

@@ -39,7 +39,7 @@ PRESETS = {
     "imagenet32-ldrl": _IMAGENET32,
     "imagenet32-bp": dict(_IMAGENET32, algorithm="bp", schedule="step", step_size=30, gamma=0.1),
     "mnist-ldrl": dict(_LENET, dataset="mnist", normalization="mnist", augment=False),
-    "fmnist-ldrl": dict(_LENET, dataset="fmnist", normalization="mnist", augment=False),
+    "fmnist-ldrl": dict(_LENET, dataset="fmnist", normalization="fmnist", augment=False),
     "cifar10-lenet-ldrl": dict(_LENET, dataset="cifar10", normalization="cifar10"),
     # Offline demo on scikit-learn's bundled 8x8 digits: a two-block VGG, about a minute on a CPU.
     "demo": dict(_CIFAR10_LDRL, dataset="digits", normalization="digits", augment=False,
