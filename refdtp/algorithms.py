@@ -21,7 +21,7 @@ from .backend import Noise, array_module, backend_name
 from .backprop import backprop
 from .config import Config
 from .feedback import drl_grads, dtp_grads, ldrl_constants, ldrl_grads_fused
-from .ldrl_fast import LDRLPlan, supports
+from .ldrl_fast import LDRLPlan, make_plan, supports
 from .losses import accuracy, cross_entropy, cross_entropy_grad
 from .networks import Network, Trace
 from .optim import SGD, flatten, make_optimizer, unflatten
@@ -121,7 +121,7 @@ def feedback_phase(cfg: Config, net: Network, state: TrainState, trace: Trace,
         consts = None
         if cfg.algorithm == "ldrl":  # per-batch constants of the fused gradient
             route = block.route(trace.caches[n - 1])
-            consts = (LDRLPlan(block, state.W[block.name], trace.s[n - 1], trace.s[n], route)
+            consts = (make_plan(block, state.W[block.name], trace.s[n - 1], trace.s[n], route)
                       if supports(block) else (route, ldrl_constants(block, trace.s[n], route)))
         om, st = omega[block.name], fb_states[block.name]
         for it in range(K):

@@ -19,9 +19,11 @@ du_eta, one weight gradient of twice the width), no copy of the stacks.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .backend import array_module
 from .blocks import Block
-from .ops import Conv2d, ConvTranspose2d, Linear
+from .ops import Act, Conv2d, ConvTranspose2d, Linear, MaxPool2d, MaxUnpool2d
 from .ops.conv import _channels_first, im2col
 
 
@@ -132,3 +134,90 @@ class LDRLPlan:
             d_noisy = block.feedback_linear(omega, du_noisy)
             loss = (-2 * (eps * d_noisy).sum() + (d_eta * d_eta).sum()) / B
         return grads, loss
+
+
+def _pool_block_parts(block: Block):
+    """(conv, act, pool, unpool, feedback act) if the block is conv -> act -> max-pool with
+    feedback unpool -> act' -> conv-transpose, non-overlapping pool and act'(0) = 0; else None."""
+    F, G = block.F.ops, block.G.ops
+    if len(F) != 3 or len(G) != 3 or not supports(block):
+        return None
+    conv, act, pool = F
+    unpool, act_g, _ = G
+    if not (isinstance(conv, Conv2d) and isinstance(act, Act) and isinstance(pool, MaxPool2d)
+            and isinstance(unpool, MaxUnpool2d) and unpool.pool is pool and isinstance(act_g, Act)):
+        return None
+    if pool.overlapping or pool.padding:
+        return None
+    zero = act_g.act.value(np.zeros(1))
+    return (conv, act, pool, unpool, act_g) if float(zero[0]) == 0.0 else None
+
+
+class ConvPoolPlan(LDRLPlan):
+    """:class:`LDRLPlan` for the paper's conv block (conv -> ELU -> max-pool, feedback
+    unpool -> ELU -> conv-transpose) that never forms the un-pooled features.
+
+    With non-overlapping windows and act'(0) = 0, act'(unpool(z; r)) = unpool(act'(z); r)
+    exactly, so the features u = pre(.) and their differences are formed at the
+    pooled size and scattered straight into the stacked feature buffer:
+
+        du~    = unpool(act'(F(x+eps)); r~) - unpool(act'(y); r)
+        du_eta = unpool(act'(y + eta) - act'(y); r)
+
+    (one quarter of the activation work of the general path for 2x2 pools, and
+    no un-pooled temporaries or transposed copies).
+    """
+
+    def __init__(self, block: Block, W: dict, x, y, route):
+        super().__init__(block, W, x, y, route)
+        parts = _pool_block_parts(block)
+        if parts is None:
+            raise ValueError(f"{block.name}: not a conv -> act -> max-pool block")
+        self.conv, self.act, self.pool, self.unpool, self.act_g = parts
+        xp = array_module(x)
+        C, H, Wd = self.conv.out_shape
+        self.plane = H * Wd
+        # Flat offset of sample b, channel c in the (C, 2N) buffer: c*2N + b*H*W.
+        self.base = (xp.arange(C, dtype=xp.int64).reshape(1, C, 1, 1) * (2 * self.N)
+                     + xp.arange(self.B, dtype=xp.int64).reshape(self.B, 1, 1, 1) * self.plane)
+        self.clean_flat = (self.base + route[0]).ravel()
+        self.f_clean = self.act_g.act.value(y)  # act'(y) at the pooled size, once per batch
+        self.scaled_f_clean = (-2.0 / self.B) * self.f_clean
+
+    def _half_view(self, half: int):
+        """Half ``half`` of the feature buffer as a (B, C, H, W) strided view."""
+        C, H, Wd = self.conv.out_shape
+        cols = self.feats[:, half * self.N:(half + 1) * self.N]
+        return _columns_view(cols, (self.B, H, Wd)).transpose(1, 0, 2, 3)
+
+    def grads(self, omega: dict, eps, eta, with_loss: bool = False):
+        xp, B, conv = array_module(eps), self.B, self.conv
+        _, Ho, Wo = conv.out_shape
+        col = im2col(eps, conv.k, conv.stride, conv.padding, out=self.cols[:, :self.N])
+        a = _channels_first(self.W["weight"].reshape(conv.c_out, -1) @ col, B, Ho, Wo)
+        a += self.a_clean
+        y_noisy, idx_noisy = self.pool.forward({}, self.act.act.value(a))
+        flat = self.feats.ravel()
+        self.feats.fill(0)
+        flat[(self.base + idx_noisy).ravel()] = ((-2.0 / B) * self.act_g.act.value(y_noisy)).ravel()
+        flat[self.clean_flat] -= self.scaled_f_clean.ravel()
+        flat[self.clean_flat + self.N] = ((2.0 / B) * (self.act_g.act.value(self.y + eta)
+                                                       - self.f_clean)).ravel()
+        d_eta = self.LG.forward({"weight": omega["weight"]}, self._half_view(1))[0]
+        d_eta *= B / 2.0  # G(y + eta) - G(y)
+        im2col(d_eta, conv.k, conv.stride, conv.padding, out=self.cols[:, self.N:])
+        grads = {"weight": (self.feats @ self.cols.T).reshape(omega["weight"].shape)}
+        if "bias" in omega:
+            grads["bias"] = xp.zeros_like(omega["bias"])
+        loss = None
+        if with_loss:
+            d_noisy = self.LG.forward({"weight": omega["weight"]}, self._half_view(0))[0]
+            # Half 0 holds -2/B du~, so <eps, G(half 0)> is already -2/B <eps, G(F(x+eps)) - G(y)>.
+            loss = (eps * d_noisy).sum() + (d_eta * d_eta).sum() / B
+        return grads, loss
+
+
+def make_plan(block: Block, W: dict, x, y, route) -> LDRLPlan:
+    """The fastest applicable plan for a block (see :func:`supports`)."""
+    cls = ConvPoolPlan if _pool_block_parts(block) is not None else LDRLPlan
+    return cls(block, W, x, y, route)
