@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .backend import Noise, array_module, backend_name
 from .backprop import backprop
 from .config import Config
@@ -109,6 +111,7 @@ def feedback_phase(cfg: Config, net: Network, state: TrainState, trace: Trace,
     Returns:
         (omega, feedback optimiser states, {block: last feedback loss}).
     """
+    cfg.validate(net)  # per-block lists must match the network, never silently cut
     omega, fb_states, losses = dict(state.omega), dict(state.feedback_opt), {}
     optimizers = feedback_optimizers(cfg, net)
     order = range(2, len(net) + 1)
@@ -169,6 +172,12 @@ def train_step(cfg: Config, net: Network, state: TrainState, x, labels, lr: floa
         DivergenceError: a NaN/Inf in a loss or in updated weights; the old
             state stays valid.
     """
+    # Overflow on the way to a NaN is reported as a DivergenceError below, not as a warning.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _train_step(cfg, net, state, x, labels, lr)
+
+
+def _train_step(cfg, net, state, x, labels, lr):
     backend = backend_name(x)
     trace = net.forward(state.W, x)
     logits = trace.logits.reshape(x.shape[0], -1)
