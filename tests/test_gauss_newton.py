@@ -1,4 +1,4 @@
-"""Tests of refdtp.gauss_newton (float64) and meta-tests of its claims in verify/claims/gauss_newton.py.
+"""Tests of refdtp.gauss_newton (float64) and meta-tests of its claims in verify/claims/drl.py and verify/claims/gauss_newton.py.
 
 The linear algebra is checked against the literal formulas, the Jacobians against
 refdtp.numerical finite differences, the GN updates against the identities of
@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refdtp import gauss_newton as gn
+from refdtp import gn_oracles as oracles
 from refdtp import networks
 from refdtp.activations import get_activation
 from refdtp.backend import to_backend, to_host
@@ -19,6 +20,7 @@ from refdtp.feedback import drl_grads
 from refdtp.metrics import angle, relative_distance
 from refdtp.numerical import fitted_slope, flat_params, numerical_jacobian
 from refdtp.targets import propagate_targets
+from verify.claims import drl as drl_claims
 from verify.claims import gauss_newton as claims
 from verify.registry import CLAIMS, Context
 
@@ -120,7 +122,7 @@ def test_nullspace_ratio_of_row_space_and_planted_null_components():
 
 
 def test_antithetic_noise_has_the_gaussian_second_moment():
-    eps = gn.antithetic_noise((2, 3), 0.1).reshape(12, 6)
+    eps = oracles.antithetic_noise((2, 3), 0.1).reshape(12, 6)
     assert np.abs(eps.T @ eps / len(eps) - 0.01 * np.eye(6)).max() <= 1e-15
     assert np.abs(eps.sum(0)).max() == 0.0
 
@@ -170,7 +172,7 @@ def test_feedback_composite_is_the_jacobian_of_difference_target_propagation():
         return t[n][0]
     for n in (1, 2):
         fd = numerical_jacobian(lambda v: targets_of(v, n), trace.s[-1][0])
-        assert relative_distance(gn.feedback_composite(net, omega, trace, n)[0], fd) <= 1e-7
+        assert relative_distance(oracles.feedback_composite(net, omega, trace, n)[0], fd) <= 1e-7
 
 
 # -- GN updates ------------------------------------------------------------------
@@ -192,9 +194,9 @@ def test_gnt_pre_equals_block_gn_up_to_the_input_norm_for_one_sample():
 
 
 def test_gnt_post_is_the_dtp_update_of_the_gn_targets_and_bp_and_gn_are_row_space_updates():
-    net = gn.linear_feedback_mlp((6, 6, 5, 3), None)
+    net = oracles.linear_feedback_mlp((6, 6, 5, 3), None)
     W, omega, _, trace, e = _setup(net, B=4)
-    oracle = gn.greedy_drl_feedback(net, W, omega, trace, 0.0)
+    oracle = oracles.greedy_drl_feedback(net, W, omega, trace, 0.0)
     dtp, _ = gn.dtp_grads_for_error(net, W, oracle, trace, e, 1e-3)
     gnt, targets = gn.gnt_post_grads(net, W, trace, e, 1e-3)
     J = gn.total_jacobians(net, W, trace)
@@ -204,23 +206,23 @@ def test_gnt_post_is_the_dtp_update_of_the_gn_targets_and_bp_and_gn_are_row_spac
     assert angle(dtp, gnt) < 1e-6
     for update in (gnt, gn.bp_grads_for_error(net, W, trace, e), gn.block_gn_grads(net, W, trace, e)):
         assert max(gn.nullspace_ratios(net, W, trace, update).values()) <= 1e-10
-    pinv, _ = gn.dtp_grads_for_error(net, W, gn.layerwise_pinv_feedback(net, W), trace, e, 1e-3)
+    pinv, _ = gn.dtp_grads_for_error(net, W, oracles.layerwise_pinv_feedback(net, W), trace, e, 1e-3)
     assert gn.nullspace_ratios(net, W, trace, pinv)["fc_0"] > 0.05
 
 
 # -- oracle feedback -------------------------------------------------------------
 
 def test_exact_inverse_feedback_inverts_every_block():
-    net = gn.exact_inverse_mlp((4, 4, 4), "tanh")
+    net = oracles.exact_inverse_mlp((4, 4, 4), "tanh")
     W, _, _, trace, _ = _setup(net, weights=claims._near_identity)
-    omega = gn.exact_inverse_feedback(net, W)
+    omega = oracles.exact_inverse_feedback(net, W)
     for n, b in enumerate(net.blocks, start=1):
         back = b.feedback(omega[b.name], trace.s[n], b.route(trace.caches[n - 1]))[0]
         assert relative_distance(back, trace.s[n - 1]) <= 1e-13
 
 
 def test_inverse_activation_derivative_matches_finite_differences():
-    act = gn.inverse_activation(get_activation("tanh"))
+    act = oracles.inverse_activation(get_activation("tanh"))
     y = np.linspace(-0.9, 0.9, 7)
     fd = np.diag(numerical_jacobian(act.value, y))
     assert relative_distance(act.derivative(y, act.value(y)), fd) <= 1e-8
@@ -228,14 +230,14 @@ def test_inverse_activation_derivative_matches_finite_differences():
 
 @pytest.mark.parametrize("wd", [0.0, 0.2])
 def test_drl_closed_form_is_a_stationary_point_of_drl_grads_and_the_greedy_oracle(wd):
-    net = gn.linear_feedback_mlp((6, 5, 4, 3), None)
+    net = oracles.linear_feedback_mlp((6, 5, 4, 3), None)
     W, omega, x, trace, _ = _setup(net, B=3)
     sigma = 0.05
-    solved = gn.drl_closed_form_all(net, W, omega, x, sigma, wd)
-    oracle = gn.greedy_drl_feedback(net, W, omega, trace, wd / 2)
+    solved = oracles.drl_closed_form_all(net, W, omega, x, sigma, wd)
+    oracle = oracles.greedy_drl_feedback(net, W, omega, trace, wd / 2)
     for n in range(len(net), 1, -1):
         name = net.blocks[n - 1].name
-        x_rep, eps = gn.antithetic_batch(x, net.blocks[n - 1].in_shape, sigma)
+        x_rep, eps = oracles.antithetic_batch(x, net.blocks[n - 1].in_shape, sigma)
         g, _ = drl_grads(net, W, solved, net.forward(W, x_rep), n, eps, sigma)
         total = gn.flatten_update({k: g[k] + wd * solved[name][k] for k in g}, g)
         assert np.linalg.norm(total) <= 1e-12, f"block {n}: gradient {np.linalg.norm(total)}"
@@ -246,13 +248,13 @@ def test_drl_closed_form_rejects_nonlinear_feedback_heads():
     net = networks.small_convnet(pool="avg")
     W, omega, x, trace, _ = _setup(net, B=1)
     with pytest.raises(ValueError, match="must end with its weight op"):
-        gn.drl_closed_form(net, W, omega, trace, 2, 0 * trace.s[1], 0.1, 0.0)
+        oracles.drl_closed_form(net, W, omega, trace, 2, 0 * trace.s[1], 0.1, 0.0)
 
 
 def test_functions_run_on_the_array_backend(xp):
     """Backend arrays in, same numbers out (the cupy case runs only with a GPU)."""
     name = "numpy" if xp is np else "cupy"
-    net = gn.linear_feedback_mlp((5, 4, 3), "tanh")
+    net = oracles.linear_feedback_mlp((5, 4, 3), "tanh")
     W, omega, x, trace, e = _setup(net, B=2)
     Wd = {k: {p: to_backend(a, name) for p, a in v.items()} for k, v in W.items()}
     trace_d = net.forward(Wd, to_backend(x, name))
@@ -262,9 +264,9 @@ def test_functions_run_on_the_array_backend(xp):
     assert relative_distance(dev, host) <= 1e-12
     block_d, block_h = gn.block_gn_grads(net, Wd, trace_d, e_d), gn.block_gn_grads(net, W, trace, e)
     assert relative_distance(block_d, block_h) <= 1e-12
-    om_d = gn.drl_closed_form_all(net, Wd, {k: {p: to_backend(a, name) for p, a in v.items()}
+    om_d = oracles.drl_closed_form_all(net, Wd, {k: {p: to_backend(a, name) for p, a in v.items()}
                                             for k, v in omega.items()}, to_backend(x, name), 0.01, 0.2)
-    om_h = gn.drl_closed_form_all(net, W, omega, x, 0.01, 0.2)
+    om_h = oracles.drl_closed_form_all(net, W, omega, x, 0.01, 0.2)
     assert relative_distance(om_d, om_h) <= 1e-10
 
 
@@ -289,7 +291,7 @@ def test_claim_passes_with_every_number_recorded(cid):
 
 
 def test_planted_wrong_lambda_eff_fails(monkeypatch):
-    monkeypatch.setattr(claims, "lambda_eff", lambda wd: wd)  # TF20-style guess, not refdtp's wd/2
+    monkeypatch.setattr(drl_claims, "lambda_eff", lambda wd: wd)  # TF20-style guess, not refdtp's wd/2
     _, failed = _run("drl-damped-pinv")
     assert any("top composite vs damped pinv" in f for f in failed), failed
     _, failed = _run("drl-sigma-rate")
@@ -297,8 +299,8 @@ def test_planted_wrong_lambda_eff_fails(monkeypatch):
 
 
 def test_planted_transposed_feedback_fails(monkeypatch):
-    monkeypatch.setattr(gn, "drl_closed_form_all",
-                        lambda net, W, omega, x, sigma, wd, rcond=gn.RCOND: gn.transpose_feedback(net, W))
+    monkeypatch.setattr(oracles, "drl_closed_form_all",
+                        lambda net, W, omega, x, sigma, wd, rcond=gn.RCOND: oracles.transpose_feedback(net, W))
     _, failed = _run("drl-gauss-newton")
     assert any("angle(DTP-DRL, GNT-post)" in f for f in failed), failed
 
@@ -307,32 +309,32 @@ def test_planted_drl_gradient_scale_fails(monkeypatch):
     def doubled(*args, **kwargs):
         g, loss = drl_grads(*args, **kwargs)
         return {k: 2 * v for k, v in g.items()}, loss
-    monkeypatch.setattr(claims, "drl_grads", doubled)
+    monkeypatch.setattr(drl_claims, "drl_grads", doubled)
     _, failed = _run("drl-damped-pinv")
     assert any("stationarity" in f for f in failed) and any("SGD" in f for f in failed), failed
 
 
 def test_planted_gaussian_noise_design_breaks_the_sigma_rate(monkeypatch):
     rng = np.random.default_rng(0)
-    monkeypatch.setattr(gn, "antithetic_noise",
+    monkeypatch.setattr(oracles, "antithetic_noise",
                         lambda shape, sigma: sigma * rng.standard_normal((200,) + tuple(shape)))
     _, failed = _run("drl-sigma-rate")
     assert any("slope" in f for f in failed), failed
 
 
 def test_planted_perturbed_inverse_fails(monkeypatch):
-    exact = gn.exact_inverse_feedback
+    exact = oracles.exact_inverse_feedback
 
     def perturbed(net, W):
         return exact(net, {k: {**v, "weight": v["weight"] + 1e-3} for k, v in W.items()})
-    monkeypatch.setattr(gn, "exact_inverse_feedback", perturbed)
+    monkeypatch.setattr(oracles, "exact_inverse_feedback", perturbed)
     _, failed = _run("gn-exact-inverse")
     assert any("slope" in f for f in failed) and any("oracle" in f for f in failed), failed
 
 
 def test_planted_gn_feedback_in_place_of_layerwise_pinv_fails(monkeypatch):
-    monkeypatch.setattr(gn, "layerwise_pinv_feedback",
-                        lambda net, W, rcond=gn.RCOND: gn.transpose_feedback(net, W))
+    monkeypatch.setattr(oracles, "layerwise_pinv_feedback",
+                        lambda net, W, rcond=gn.RCOND: oracles.transpose_feedback(net, W))
     _, failed = _run("gn-nullspace")
     assert failed == ["layer-wise pinv DTP, layer 1: min null-space ratio"], failed
 
