@@ -15,11 +15,13 @@ the noise an uninterrupted one draws.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import Noise, array_module, backend_name
+from .backend import Noise, array_module, backend_name, blas_threads
 from .backprop import backprop
 from .config import Config
 from .feedback import drl_grads, dtp_grads, ldrl_constants, ldrl_grads_fused
@@ -104,39 +106,84 @@ def _block_feedback_grads(cfg, net, W, omega, trace, n, noise, sigma, consts, wi
     return drl_grads(net, W, omega, trace, n, eps, sigma, with_loss)
 
 
-def feedback_phase(cfg: Config, net: Network, state: TrainState, trace: Trace,
-                   epoch: int, step: int, backend: str) -> tuple[dict, dict, dict]:
-    """K_n feedback updates of every block n = 2..N (DRL: top-down, others bottom-up).
+def _train_block(cfg: Config, net: Network, state: TrainState, trace: Trace, omega: dict,
+                 n: int, epoch: int, step: int, backend: str) -> tuple[dict, dict, float | None]:
+    """K_n SGD steps on omega_n for block n. Returns (omega_n, its optimiser state, last loss)."""
+    block = net.blocks[n - 1]
+    K, sigma = cfg.feedback_iterations[n - 2], cfg.feedback_sigma[n - 2]
+    noise = Noise(cfg.seed, NOISE_KEY, epoch, step, n, backend=backend)
+    consts = None
+    if cfg.algorithm == "ldrl":  # per-batch constants of the fused gradient
+        route = block.route(trace.caches[n - 1])
+        consts = (make_plan(block, state.W[block.name], trace.s[n - 1], trace.s[n], route)
+                  if supports(block) else (route, ldrl_constants(block, trace.s[n], route)))
+    optimizer = feedback_optimizers(cfg, net)[block.name]
+    om, st, loss = omega[block.name], state.feedback_opt[block.name], None
+    for it in range(K):
+        grads, loss = _block_feedback_grads(cfg, net, W=state.W, omega={**omega, block.name: om},
+                                            trace=trace, n=n, noise=noise, sigma=sigma,
+                                            consts=consts, with_loss=(it == K - 1))
+        om, st = optimizer.step(om, grads, st)
+    _check_finite(om, f"epoch {epoch} step {step}: feedback weights of block {block.name}")
+    return om, st, (None if loss is None else float(loss))
+
+
+def feedback_workers(backend: str, n_blocks: int, workers: int | None = None) -> int:
+    """How many blocks train their feedback at once (None: automatic).
+
+    On the CPU, blocks run in threads, one per core (numpy releases the GIL in
+    BLAS and in its array loops, and the elementwise work is single-threaded,
+    so sequential blocks leave cores idle). On the GPU, one at a time.
+    """
+    if workers is not None:
+        if workers < 1:
+            raise ValueError(f"feedback workers must be >= 1, got {workers}")
+        return min(workers, max(1, n_blocks))
+    return 1 if backend != "numpy" else max(1, min(os.cpu_count() or 1, n_blocks))
+
+
+def feedback_phase(cfg: Config, net: Network, state: TrainState, trace: Trace, epoch: int,
+                   step: int, backend: str, workers: int | None = None) -> tuple[dict, dict, dict]:
+    """K_n feedback updates of every block n = 2..N.
+
+    Blocks are independent given the frozen activations (each has its own
+    weights, optimiser and noise stream), so they may run concurrently
+    (``workers``, see :func:`feedback_workers`; each worker gets
+    cpu_count // workers BLAS threads). The results do not depend on the
+    order or the number of workers, only on the BLAS threads per worker
+    (BLAS may round differently with another thread count). DRL is the
+    exception: its loss runs through the upper feedback maps, so its blocks
+    train one at a time, top-down.
 
     Returns:
         (omega, feedback optimiser states, {block: last feedback loss}).
     """
     cfg.validate(net)  # per-block lists must match the network, never silently cut
     omega, fb_states, losses = dict(state.omega), dict(state.feedback_opt), {}
-    optimizers = feedback_optimizers(cfg, net)
-    order = range(2, len(net) + 1)
-    if cfg.algorithm == "drl":
-        order = reversed(order)
-    for n in order:
-        block = net.blocks[n - 1]
-        K, sigma = cfg.feedback_iterations[n - 2], cfg.feedback_sigma[n - 2]
-        noise = Noise(cfg.seed, NOISE_KEY, epoch, step, n, backend=backend)
-        consts = None
-        if cfg.algorithm == "ldrl":  # per-batch constants of the fused gradient
-            route = block.route(trace.caches[n - 1])
-            consts = (make_plan(block, state.W[block.name], trace.s[n - 1], trace.s[n], route)
-                      if supports(block) else (route, ldrl_constants(block, trace.s[n], route)))
-        om, st = omega[block.name], fb_states[block.name]
-        for it in range(K):
-            grads, loss = _block_feedback_grads(cfg, net, W=state.W, omega={**omega, block.name: om},
-                                                trace=trace, n=n, noise=noise, sigma=sigma,
-                                                consts=consts, with_loss=(it == K - 1))
-            om, st = optimizers[block.name].step(om, grads, st)
-        _check_finite(om, f"epoch {epoch} step {step}: feedback weights of block {block.name}")
-        omega[block.name], fb_states[block.name] = om, st
-        if K:
-            losses[block.name] = float(loss)
-    return omega, fb_states, losses
+    blocks = list(range(2, len(net) + 1))
+    workers = 1 if cfg.algorithm == "drl" else feedback_workers(backend, len(blocks), workers)
+
+    def run(n):
+        return n, _train_block(cfg, net, state, trace, omega, n, epoch, step, backend)
+
+    if workers == 1:
+        results = []
+        for n in (reversed(blocks) if cfg.algorithm == "drl" else blocks):
+            results.append(run(n))
+            omega[net.blocks[n - 1].name] = results[-1][1][0]  # DRL reads the updated upper maps
+    else:
+        # Longest first, so the last block to start is a short one.
+        cost = {n: cfg.feedback_iterations[n - 2] * net.blocks[n - 1].F.param_op.flops_per_sample()
+                for n in blocks}
+        per_worker = max(1, (os.cpu_count() or 1) // workers)
+        with blas_threads(per_worker), ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(run, sorted(blocks, key=cost.get, reverse=True)))
+    for n, (om, st, loss) in results:
+        name = net.blocks[n - 1].name
+        omega[name], fb_states[name] = om, st
+        if loss is not None:
+            losses[name] = loss
+    return omega, fb_states, {name: losses[name] for name in (b.name for b in net.blocks[1:]) if name in losses}
 
 
 # -- one step ---------------------------------------------------------------
@@ -156,7 +203,8 @@ def forward_grads(cfg: Config, net: Network, W: dict, omega: dict, trace: Trace,
     return grads, forward_loss(trace, targets)
 
 
-def train_step(cfg: Config, net: Network, state: TrainState, x, labels, lr: float) -> tuple[TrainState, dict]:
+def train_step(cfg: Config, net: Network, state: TrainState, x, labels, lr: float,
+               workers: int | None = None) -> tuple[TrainState, dict]:
     """One batch: feedback phase, then one forward update.
 
     Args:
@@ -164,6 +212,8 @@ def train_step(cfg: Config, net: Network, state: TrainState, x, labels, lr: floa
         state: current state (not modified).
         x: (B, *in_shape) float batch on the run's backend; labels: (B,) int.
         lr: forward learning rate of this epoch (from the schedule).
+        workers: blocks whose feedback trains concurrently (None: automatic,
+            see :func:`feedback_workers` and :func:`feedback_phase`).
 
     Returns:
         (new state, stats {"loss", "accuracy", "forward_loss", "feedback_loss/<block>"}).
@@ -174,10 +224,10 @@ def train_step(cfg: Config, net: Network, state: TrainState, x, labels, lr: floa
     """
     # Overflow on the way to a NaN is reported as a DivergenceError below, not as a warning.
     with np.errstate(over="ignore", invalid="ignore"):
-        return _train_step(cfg, net, state, x, labels, lr)
+        return _train_step(cfg, net, state, x, labels, lr, workers)
 
 
-def _train_step(cfg, net, state, x, labels, lr):
+def _train_step(cfg, net, state, x, labels, lr, workers):
     backend = backend_name(x)
     trace = net.forward(state.W, x)
     logits = trace.logits.reshape(x.shape[0], -1)
@@ -188,7 +238,8 @@ def _train_step(cfg, net, state, x, labels, lr):
         raise DivergenceError(f"{where}: cross-entropy of block {net.blocks[-1].name}'s output is {ce}")
     omega, fb_states = state.omega, state.feedback_opt
     if cfg.algorithm != "bp":
-        omega, fb_states, fb_losses = feedback_phase(cfg, net, state, trace, state.epoch, state.step, backend)
+        omega, fb_states, fb_losses = feedback_phase(cfg, net, state, trace, state.epoch, state.step,
+                                                     backend, workers)
         stats.update({f"feedback_loss/{k}": v for k, v in fb_losses.items()})
     grads, f_loss = forward_grads(cfg, net, state.W, omega, trace, labels)
     if f_loss is not None:

@@ -36,6 +36,7 @@ class Config:
     # schedule of the run
     epochs: int = 90
     batch_size: int = 128
+    max_steps_per_epoch: int = 0  # 0: every batch; n > 0: only the first n batches of each epoch
     seed: int = 123
     dtype: str = "float32"
     # forward weights
@@ -89,6 +90,9 @@ class Config:
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_steps_per_epoch < 0:
+            raise ValueError(f"max_steps_per_epoch must be >= 0 (0: whole epochs), got "
+                             f"{self.max_steps_per_epoch}")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if net is not None and self.algorithm != "bp":

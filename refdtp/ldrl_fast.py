@@ -24,7 +24,7 @@ import numpy as np
 from .backend import array_module
 from .blocks import Block
 from .ops import Act, Conv2d, ConvTranspose2d, Linear, MaxPool2d, MaxUnpool2d
-from .ops.conv import _channels_first, im2col
+from .ops.conv import _channels_first, im2col, im2col_padded, pad2d
 
 
 def _columns_view(buf, shape: tuple):
@@ -67,13 +67,17 @@ class LDRLPlan:
         if not supports(block):
             raise ValueError(f"{block.name}: the fast L-DRL path needs F = weight layer first and "
                              f"G ending with its transpose; use ldrl_grads_fused")
-        xp = array_module(x)
         self.block, self.W, self.y, self.route = block, W, y, route
-        self.B = B = x.shape[0]
+        self.B = x.shape[0]
         self.L0, self.LG = block.F.ops[0], block.G.param_op
         self.a_clean, _ = self.L0.forward(W, x)  # L0(x) with its bias, once per batch
-        self.u_clean = block.feedback_features(y, route)  # pre(y; r), once per batch
         self.conv = isinstance(self.L0, Conv2d)
+        self._allocate(x)
+
+    def _allocate(self, x):
+        """Per-batch constants and workspaces: u_c = pre(y; r) and the stacked buffers."""
+        xp, B = array_module(x), self.B
+        self.u_clean = self.block.feedback_features(self.y, self.route)  # pre(y; r), once per batch
         if self.conv:
             c_in, k = self.L0.c_in, self.L0.k
             _, Ho, Wo = self.L0.out_shape
@@ -147,73 +151,117 @@ def _pool_block_parts(block: Block):
     if not (isinstance(conv, Conv2d) and isinstance(act, Act) and isinstance(pool, MaxPool2d)
             and isinstance(unpool, MaxUnpool2d) and unpool.pool is pool and isinstance(act_g, Act)):
         return None
-    if pool.overlapping or pool.padding:
+    if pool.overlapping or pool.padding or conv.stride != 1 or conv.padding > conv.k - 1:
         return None
     zero = act_g.act.value(np.zeros(1))
     return (conv, act, pool, unpool, act_g) if float(zero[0]) == 0.0 else None
 
 
 class ConvPoolPlan(LDRLPlan):
-    """:class:`LDRLPlan` for the paper's conv block (conv -> ELU -> max-pool, feedback
-    unpool -> ELU -> conv-transpose) that never forms the un-pooled features.
+    """:class:`LDRLPlan` for the paper's conv block (stride-1 conv -> ELU -> max-pool,
+    feedback unpool -> ELU -> conv-transpose) with no un-pooled features and two
+    im2col per iteration.
 
     With non-overlapping windows and act'(0) = 0, act'(unpool(z; r)) = unpool(act'(z); r)
-    exactly, so the features u = pre(.) and their differences are formed at the
-    pooled size and scattered straight into the stacked feature buffer:
+    exactly, so the feature differences are formed at the pooled size and
+    scattered into their buffers:
 
         du~    = unpool(act'(F(x+eps)); r~) - unpool(act'(y); r)
         du_eta = unpool(act'(y + eta) - act'(y); r)
 
-    (one quarter of the activation work of the general path for 2x2 pools, and
-    no un-pooled temporaries or transposed copies).
+    G's conv-transpose is a convolution with the flipped kernel
+    Wf[c, o, i, j] = omega[o, c, k-1-i, k-1-j], so with cols_u = im2col(du_eta)
+    (flipped geometry) and cols_e = im2col(eps) (forward geometry):
+
+        d_eta = G(y+eta) - G(y) = Wf cols_u,
+        dL/d omega = [-2/B du~] cols_e^T  +  flip( [2/B d_eta] cols_u^T ),
+
+    the second term being the gradient of (1/B)||Wf cols_u||^2 with respect to
+    Wf, mapped back to omega. cols_e also gives F(x+eps) = act(L0(x) + W cols_e):
+    every GEMM operand is reused, four GEMMs of C_n each per iteration.
+    du_eta sits at the clean positions every iteration, so its buffer needs no
+    clearing; du~ clears only what the previous iteration wrote. All large
+    temporaries are per-batch workspaces.
     """
 
-    def __init__(self, block: Block, W: dict, x, y, route):
-        super().__init__(block, W, x, y, route)
-        parts = _pool_block_parts(block)
+    def _allocate(self, x):
+        parts = _pool_block_parts(self.block)
         if parts is None:
-            raise ValueError(f"{block.name}: not a conv -> act -> max-pool block")
-        self.conv, self.act, self.pool, self.unpool, self.act_g = parts
-        xp = array_module(x)
-        C, H, Wd = self.conv.out_shape
-        self.plane = H * Wd
-        # Flat offset of sample b, channel c in the (C, 2N) buffer: c*2N + b*H*W.
-        self.base = (xp.arange(C, dtype=xp.int64).reshape(1, C, 1, 1) * (2 * self.N)
-                     + xp.arange(self.B, dtype=xp.int64).reshape(self.B, 1, 1, 1) * self.plane)
-        self.clean_flat = (self.base + route[0]).ravel()
-        self.f_clean = self.act_g.act.value(y)  # act'(y) at the pooled size, once per batch
-        self.scaled_f_clean = (-2.0 / self.B) * self.f_clean
+            raise ValueError(f"{self.block.name}: not a stride-1 conv -> act -> max-pool block")
+        self.conv_op, self.act, self.pool, self.unpool, self.act_g = parts
+        xp, B, dt, route = array_module(x), self.B, x.dtype, self.route
+        c_in, H, Wd = self.conv_op.in_shape
+        c_out, Ho, Wo = self.conv_op.out_shape
+        k, p = self.conv_op.k, self.conv_op.padding
+        q = k - 1 - p  # padding of the flipped-kernel convolution that is G's conv-transpose
+        self.N = B * Ho * Wo
+        self.eps_pad = xp.zeros((B, c_in, H + 2 * p, Wd + 2 * p), dtype=dt)
+        self.cols_e = xp.empty((c_in * k * k, self.N), dtype=dt)
+        self.a_rows = xp.empty((c_out, self.N), dtype=dt)
+        self.feats = xp.zeros((c_out, self.N), dtype=dt)  # -2/B du~, channel-major rows
+        self.u_pad = xp.zeros((c_out, B, Ho + 2 * q, Wo + 2 * q), dtype=dt)  # 2/B du_eta, padded
+        self.cols_u = xp.empty((c_out * k * k, B * H * Wd), dtype=dt)
+        self.d_rows = xp.empty((c_in, B * H * Wd), dtype=dt)  # 2/B d_eta, channel-major rows
+        # Flat offsets of the (b, c) planes in feats and in u_pad.
+        c_idx = xp.arange(c_out, dtype=xp.int64).reshape(1, c_out, 1, 1)
+        b_idx = xp.arange(B, dtype=xp.int64).reshape(B, 1, 1, 1)
+        self.base = c_idx * self.N + b_idx * (Ho * Wo)
+        plane = route[0]
+        self.clean_flat = (self.base + plane).ravel()
+        Hq, Wq = Ho + 2 * q, Wo + 2 * q
+        self.clean_upad = (c_idx * (B * Hq * Wq) + b_idx * (Hq * Wq)
+                           + (plane // Wo + q) * Wq + plane % Wo + q).ravel()
+        self.last_noisy = self.clean_flat
+        self.f_clean = self.act_g.act.value(self.y)  # act'(y) at the pooled size, once per batch
+        self.scaled_f_clean = ((-2.0 / B) * self.f_clean).ravel()
 
-    def _half_view(self, half: int):
-        """Half ``half`` of the feature buffer as a (B, C, H, W) strided view."""
-        C, H, Wd = self.conv.out_shape
-        cols = self.feats[:, half * self.N:(half + 1) * self.N]
-        return _columns_view(cols, (self.B, H, Wd)).transpose(1, 0, 2, 3)
+    def _noisy_pool(self, eps):
+        """F(x + eps) = pool(act(L0(x) + W cols_e)) and its indices; fills cols_e."""
+        xp, conv = array_module(eps), self.conv_op
+        _, Ho, Wo = conv.out_shape
+        pad2d(eps, conv.padding, out=self.eps_pad)
+        im2col_padded(self.eps_pad, conv.k, conv.stride, out=self.cols_e)
+        xp.matmul(self.W["weight"].reshape(conv.c_out, -1), self.cols_e, out=self.a_rows)
+        a = _channels_first(self.a_rows, self.B, Ho, Wo)
+        a += self.a_clean
+        return self.pool.forward({}, self.act.act.value(a))
+
+    def _scatter_features(self, y_noisy, idx_noisy, eta):
+        """-2/B du~ into feats (clearing the last iteration's entries), 2/B du_eta into u_pad."""
+        flat, B = self.feats.ravel(), self.B
+        flat[self.last_noisy] = 0
+        flat[self.clean_flat] = 0
+        self.last_noisy = (self.base + idx_noisy).ravel()
+        flat[self.last_noisy] = ((-2.0 / B) * self.act_g.act.value(y_noisy)).ravel()
+        flat[self.clean_flat] -= self.scaled_f_clean
+        du_eta = (2.0 / B) * (self.act_g.act.value(self.y + eta) - self.f_clean)
+        self.u_pad.ravel()[self.clean_upad] = du_eta.ravel()
+
+    def _flipped(self, w):
+        """(C_out, C_in, k, k) <-> (C_in, C_out, k, k) with both kernel axes reversed (an involution)."""
+        return array_module(w).ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
 
     def grads(self, omega: dict, eps, eta, with_loss: bool = False):
-        xp, B, conv = array_module(eps), self.B, self.conv
-        _, Ho, Wo = conv.out_shape
-        col = im2col(eps, conv.k, conv.stride, conv.padding, out=self.cols[:, :self.N])
-        a = _channels_first(self.W["weight"].reshape(conv.c_out, -1) @ col, B, Ho, Wo)
-        a += self.a_clean
-        y_noisy, idx_noisy = self.pool.forward({}, self.act.act.value(a))
-        flat = self.feats.ravel()
-        self.feats.fill(0)
-        flat[(self.base + idx_noisy).ravel()] = ((-2.0 / B) * self.act_g.act.value(y_noisy)).ravel()
-        flat[self.clean_flat] -= self.scaled_f_clean.ravel()
-        flat[self.clean_flat + self.N] = ((2.0 / B) * (self.act_g.act.value(self.y + eta)
-                                                       - self.f_clean)).ravel()
-        d_eta = self.LG.forward({"weight": omega["weight"]}, self._half_view(1))[0]
-        d_eta *= B / 2.0  # G(y + eta) - G(y)
-        im2col(d_eta, conv.k, conv.stride, conv.padding, out=self.cols[:, self.N:])
-        grads = {"weight": (self.feats @ self.cols.T).reshape(omega["weight"].shape)}
+        xp, B, conv = array_module(eps), self.B, self.conv_op
+        c_in, H, Wd = conv.in_shape
+        y_noisy, idx_noisy = self._noisy_pool(eps)
+        self._scatter_features(y_noisy, idx_noisy, eta)
+        im2col_padded(self.u_pad.transpose(1, 0, 2, 3), conv.k, 1, out=self.cols_u)
+        xp.matmul(self._flipped(omega["weight"]).reshape(c_in, -1), self.cols_u, out=self.d_rows)
+        grad = (self.feats @ self.cols_e.T).reshape(omega["weight"].shape)
+        # u_pad and d_rows both carry 2/B, the eta term wants it once: hence B/2.
+        grad_f = (self.d_rows @ self.cols_u.T).reshape(c_in, conv.c_out, conv.k, conv.k)
+        grad += (B / 2.0) * self._flipped(grad_f)
+        grads = {"weight": grad}
         if "bias" in omega:
-            grads["bias"] = xp.zeros_like(omega["bias"])
+            grads["bias"] = xp.zeros_like(omega["bias"])  # the bias cancels in every difference
         loss = None
         if with_loss:
-            d_noisy = self.LG.forward({"weight": omega["weight"]}, self._half_view(0))[0]
-            # Half 0 holds -2/B du~, so <eps, G(half 0)> is already -2/B <eps, G(F(x+eps)) - G(y)>.
-            loss = (eps * d_noisy).sum() + (d_eta * d_eta).sum() / B
+            feats = _columns_view(self.feats, (B,) + conv.out_shape[1:]).transpose(1, 0, 2, 3)
+            d_noisy = self.LG.forward({"weight": omega["weight"]}, feats)[0]
+            # feats holds -2/B du~, so <eps, G(feats)> is already -2/B <eps, G(F(x+eps)) - G(y)>;
+            # d_rows holds 2/B d_eta, so ||d_eta||^2 / B = B/4 ||d_rows||^2.
+            loss = (eps * d_noisy).sum() + (B / 4.0) * (self.d_rows * self.d_rows).sum()
         return grads, loss
 
 

@@ -30,13 +30,10 @@ settings.register_profile("ci", max_examples=50, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
-try:  # threadpoolctl comes with scikit-learn, a dependency of refdtp
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover - then BLAS keeps its own thread count
-    threadpool_limits = None
-if threadpool_limits is not None:
-    _BLAS_LIMIT = threadpool_limits(limits=int(os.environ.get("REFDTP_TEST_BLAS_THREADS", "1")),
-                                    user_api="blas")
+# Single-threaded BLAS for the whole session: the tests' matrices are small, and
+# on a shared 2-core machine extra BLAS threads only contend.
+_BLAS_LIMIT = backend.blas_threads(int(os.environ.get("REFDTP_TEST_BLAS_THREADS", "1")))
+_BLAS_LIMIT.__enter__()
 
 
 @pytest.fixture

@@ -39,6 +39,18 @@ class Threshold:
         return f"{self.op} {self.bound:g}"
 
 
+def worst(values, pick=max) -> float:
+    """``pick`` (max or min) of the numbers, NaN if any is NaN or there are none.
+
+    Python's max/min silently skip a NaN that is not first; a claim must fail
+    instead (a NaN never passes a threshold).
+    """
+    values = [float(v) for v in values]
+    if not values or any(math.isnan(v) for v in values):
+        return math.nan
+    return pick(values)
+
+
 def le(b):
     return Threshold("<=", b)
 

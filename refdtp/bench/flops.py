@@ -28,22 +28,11 @@ from __future__ import annotations
 import math
 
 from ..networks import Network
-from ..ops import Conv2d, Linear
 
 
 def weight_layer_flops(net: Network, batch: int) -> list[int]:
-    """C_n for every block (forward weight layer), in block order."""
-    flops = []
-    for block in net.blocks:
-        op = block.F.param_op
-        if isinstance(op, Conv2d):
-            _, Ho, Wo = op.out_shape
-            flops.append(2 * batch * op.c_out * op.c_in * op.k * op.k * Ho * Wo)
-        elif isinstance(op, Linear):
-            flops.append(2 * batch * op.n_in * op.n_out)
-        else:
-            raise ValueError(f"{block.name}: no FLOP formula for {op!r}")
-    return flops
+    """C_n for every block (its forward weight layer on ``batch`` samples), in block order."""
+    return [batch * block.F.param_op.flops_per_sample() for block in net.blocks]
 
 
 def bp_step_flops(net: Network, batch: int) -> int:

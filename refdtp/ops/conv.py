@@ -24,9 +24,18 @@ def conv_output_size(n: int, k: int, stride: int, padding: int) -> int:
     return (n + 2 * padding - k) // stride + 1
 
 
-def pad2d(x, p: int):
-    """Zero-pad the two spatial axes of (B, C, H, W) by ``p`` on each side."""
+def pad2d(x, p: int, out=None):
+    """Zero-pad the two spatial axes of (B, C, H, W) by ``p`` on each side.
+
+    Args:
+        out: optional (B, C, H+2p, W+2p) destination of any strides whose
+            border is already zero (a reused workspace): only its interior is written.
+    """
     xp = array_module(x)
+    if out is not None:
+        H, W = x.shape[2:]
+        out[:, :, p:p + H, p:p + W] = x
+        return out
     if p == 0:
         return xp.ascontiguousarray(x)
     B, C, H, W = x.shape
@@ -45,8 +54,16 @@ def im2col(x, k: int, stride: int, padding: int, out=None):
     Returns:
         col: (C*k*k, B*Ho*Wo), rows ordered (c, i, j), columns (b, h, w).
     """
-    xp = array_module(x)
-    xpad = pad2d(x, padding)
+    return im2col_padded(pad2d(x, padding), k, stride, out)
+
+
+def im2col_padded(xpad, k: int, stride: int, out=None):
+    """:func:`im2col` of an already zero-padded (B, C, Hp, Wp) array of any strides.
+
+    One strided view of ``xpad`` and one copy; ``xpad`` may be a transposed
+    view of a channel-major (C, B, Hp, Wp) workspace.
+    """
+    xp = array_module(xpad)
     B, C, Hp, Wp = xpad.shape
     Ho, Wo = (Hp - k) // stride + 1, (Wp - k) // stride + 1
     sb, sc, sh, sw = xpad.strides
@@ -187,6 +204,12 @@ class Conv2d(Op):
             raise ValueError(f"Conv2d: kernel {k} does not fit input {in_shape} with padding {padding}")
         self.name = f"Conv2d({c_in}->{c_out}, k={k}, s={stride}, p={padding})"
 
+    def flops_per_sample(self) -> int:
+        """2 C_out C_in k^2 Ho Wo: multiply-adds of the GEMM (as many for the
+        input gradient, the weight gradient and the conv-transpose)."""
+        _, Ho, Wo = self.out_shape
+        return 2 * self.c_out * self.c_in * self.k * self.k * Ho * Wo
+
     def param_shapes(self) -> dict:
         shapes = {"weight": (self.c_out, self.c_in, self.k, self.k)}
         if self.bias:
@@ -244,6 +267,9 @@ class ConvTranspose2d(Op):
         self.k, self.stride, self.padding, self.bias = k, stride, padding, bias
         self.in_shape, self.out_shape = self.conv.out_shape, self.conv.in_shape
         self.name = f"ConvTranspose2d({conv_c_out}->{conv_in_shape[0]}, k={k}, s={stride}, p={padding})"
+
+    def flops_per_sample(self) -> int:
+        return self.conv.flops_per_sample()
 
     def param_shapes(self) -> dict:
         shapes = dict(self.conv.param_shapes())

@@ -35,6 +35,10 @@ class Linear(Op):
         self.in_shape, self.out_shape = (self.n_in,), (self.n_out,)
         self.name = f"Linear({n_in}->{n_out})"
 
+    def flops_per_sample(self) -> int:
+        """2 n_in n_out multiply-adds."""
+        return 2 * self.n_in * self.n_out
+
     def param_shapes(self) -> dict:
         shapes = {"weight": (self.n_out, self.n_in)}
         if self.bias:

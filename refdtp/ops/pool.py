@@ -58,7 +58,7 @@ class MaxPool2d(Op):
         check_input(x, self.in_shape, self.name)
         xp = array_module(x)
         B, C, H, W = x.shape
-        pad, s = self.padding, self.stride
+        pad = self.padding
         if pad:
             xpad = xp.full((B, C, H + 2 * pad, W + 2 * pad), -xp.inf, dtype=x.dtype)
             xpad[:, :, pad:pad + H, pad:pad + W] = x
@@ -81,10 +81,11 @@ class MaxPool2d(Op):
         xp = array_module(local)
         _, Ho, Wo = self.out_shape
         k, s, pad = self.k, self.stride, self.padding
-        t = local.astype(xp.int64)
-        i = t // k
+        shift = xp.asarray([i * W + j for i in range(k) for j in range(k)], dtype=xp.int64)
         base = ((xp.arange(Ho, dtype=xp.int64) * s - pad) * W).reshape(Ho, 1) + (xp.arange(Wo) * s - pad)
-        return base + i * W + (t - i * k)
+        out = shift[local]  # one gather, then one add
+        out += base
+        return out
 
     def jvp(self, p, indices, dx):
         return gather_plane(dx, indices)
