@@ -1,4 +1,12 @@
-"""Shared set-up of the Gauss-Newton / DRL claims: small problems, constants, helpers."""
+"""Shared set-up of the Gauss-Newton / DRL claims: small problems, constants, helpers.
+
+Networks (theory.md 5.1): M1 = 6-5-4-3 tanh with a linear output, M2 = the
+same widths, linear; M3 = 4-4-4-4 tanh with W = I + small random; "M1t" = M1
+with a tanh output. Feedback is layer-wise linear, G_n(y) = V_n y + c_n
+(:func:`refdtp.gn_oracles.linear_feedback_mlp`), unless stated. Output loss
+1/2-MSE with random regression targets: e_b = s_N^b - y_b. Weights are
+PyTorch's default init; data float64, drawn on the host, moved to ctx.backend.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass

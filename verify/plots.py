@@ -23,6 +23,16 @@ def _save(fig, directory: str, name: str) -> str:
     return path
 
 
+def _finish(fig, ax, directory: str, name: str, xlabel: str, ylabel: str, title: str) -> str:
+    """Labels, title, grid and legend, then save the figure; returns the PNG path."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", lw=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, directory, name)
+
+
 def loglog(directory: str, name: str, series: dict, xlabel: str, ylabel: str, title: str,
            slopes: dict | None = None, reference_slope: float | None = None) -> str:
     """Log-log lines, one per series {label: (xs, ys)}, with fitted slopes in the legend.
@@ -40,12 +50,7 @@ def loglog(directory: str, name: str, series: dict, xlabel: str, ylabel: str, ti
         xs, ys = (np.asarray(v, float) for v in next(iter(series.values())))
         guide = ys[0] * (xs / xs[0]) ** reference_slope
         ax.loglog(xs, guide, "k--", lw=0.8, label=f"slope {reference_slope:g}")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", lw=0.3)
-    ax.legend(fontsize=7)
-    return _save(fig, directory, name)
+    return _finish(fig, ax, directory, name, xlabel, ylabel, title)
 
 
 def curves(directory: str, name: str, series: dict, xlabel: str, ylabel: str, title: str,
@@ -59,12 +64,7 @@ def curves(directory: str, name: str, series: dict, xlabel: str, ylabel: str, ti
     if logy:
         ax.set_yscale("log")
     ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", lw=0.3)
-    ax.legend(fontsize=7)
-    return _save(fig, directory, name)
+    return _finish(fig, ax, directory, name, xlabel, ylabel, title)
 
 
 def grouped_bars(directory: str, name: str, groups: list, series: dict, ylabel: str, title: str,

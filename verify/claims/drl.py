@@ -1,14 +1,7 @@
-"""Gauss-Newton claims of Meulemans et al. 2020 (arXiv 2006.14331) for DTP with DRL feedback.
-
-Networks (theory.md 5.1): M1 = 6-5-4-3 tanh with a linear output, M2 = the
-same widths, linear; M3 = 4-4-4-4 tanh with W = I + small random; "M1t" = M1
-with a tanh output. Feedback is layer-wise linear, G_n(y) = V_n y + c_n
-(:func:`refdtp.gauss_newton.linear_feedback_mlp`), unless stated. Output loss
-1/2-MSE with random regression targets: e_b = s_N^b - y_b. Weights are
-PyTorch's default init; data float64, drawn on the host, moved to ctx.backend.
-
-lambda_eff of refdtp's DRL = wd/2 (weight decay wd), derived in :func:`drl_damped_pinv`;
-nothing here is tuned.
+"""DRL claims of Meulemans et al. 2020 (arXiv 2006.14331): refdtp's layer-wise DRL reaches the
+damped pseudo-inverse with lambda_eff = wd/2 (derived in :func:`drl_damped_pinv`, nothing tuned),
+its bias is O(sigma^2), and DTP with DRL feedback is Gauss-Newton-consistent. The networks and
+conventions are those of :mod:`verify.gn_common`.
 """
 from __future__ import annotations
 
