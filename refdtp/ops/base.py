@@ -12,6 +12,7 @@ op and the expected shape.
 """
 from __future__ import annotations
 
+import abc
 from typing import Any, Sequence
 
 import numpy as np
@@ -47,7 +48,7 @@ def _fmt(shape: tuple) -> str:
     return ", ".join(str(s) for s in shape)
 
 
-class Op:
+class Op(abc.ABC):
     """Base class of primitive ops (see the module docstring).
 
     Subclasses set ``in_shape``/``out_shape`` (per sample) in ``__init__`` and
@@ -74,17 +75,17 @@ class Op:
         """PyTorch-default initial parameters as host arrays."""
         return {}
 
+    @abc.abstractmethod
     def forward(self, p: dict, x, route=None) -> tuple[Any, Any]:
         """y = f(x; p). Returns (y, cache)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def jvp(self, p: dict, cache, dx):
         """J_x dx, the derivative along an input direction, shape of y."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def vjp(self, p: dict, cache, dy):
         """J_x^T dy, the adjoint of :meth:`jvp`, shape of x."""
-        raise NotImplementedError
 
     def param_grads(self, p: dict, cache, dy) -> dict:
         """{name: d<dy, f(x; p)>/dp}, the parameter gradient of <dy, y>."""
@@ -92,11 +93,11 @@ class Op:
 
     def param_jvp(self, p: dict, cache, dp: dict):
         """J_p dp, the derivative along a parameter direction, shape of y."""
-        raise NotImplementedError(f"{self.name} has no parameters")
+        raise TypeError(f"{self.name} has no parameters")
 
     def inverted(self) -> "Op":
         """The paper's feedback counterpart (scalingDTP `invert`), mapping y-space to x-space."""
-        raise NotImplementedError(f"{self.name} has no feedback counterpart")
+        raise TypeError(f"{self.name} has no feedback counterpart")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({_fmt(self.in_shape)} -> {_fmt(self.out_shape)})"
