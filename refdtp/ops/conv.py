@@ -115,22 +115,19 @@ def _channels_first(y, B: int, Ho: int, Wo: int, bias=None):
     return out
 
 
-def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, col=None):
+def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0):
     """y = Conv_W(x) + b.
 
     Args:
         x: (B, C_in, H, W).
         weight: (C_out, C_in, k, k).
         bias: (C_out,) or None.
-        col: im2col(x) if already computed.
     Returns:
         (B, C_out, Ho, Wo).
     """
     C_out, _, k, _ = weight.shape
     B, _, H, W = x.shape
-    if col is None:
-        col = im2col(x, k, stride, padding)
-    y = weight.reshape(C_out, -1) @ col  # (C_out, B*Ho*Wo)
+    y = weight.reshape(C_out, -1) @ im2col(x, k, stride, padding)  # (C_out, B*Ho*Wo)
     Ho, Wo = conv_output_size(H, k, stride, padding), conv_output_size(W, k, stride, padding)
     return _channels_first(y, B, Ho, Wo, bias)
 
@@ -165,17 +162,16 @@ def conv_transpose2d(v, weight, bias=None, stride: int = 1, padding: int = 0, ou
     return x
 
 
-def conv2d_weight_grad(x, dy, k: int, stride: int = 1, padding: int = 0, col=None):
+def conv2d_weight_grad(x, dy, k: int, stride: int = 1, padding: int = 0):
     """d<dy, Conv_W(x)>/dW = sum_{b,h,w} dy[b,o,h,w] x_pad[b,c,s h+i,s w+j].
 
     Args:
-        x: (B, C_in, H, W); dy: (B, C_out, Ho, Wo); col: im2col(x) if known.
+        x: (B, C_in, H, W); dy: (B, C_out, Ho, Wo).
     Returns:
         (C_out, C_in, k, k).
     """
     C_out, C_in = dy.shape[1], x.shape[1]
-    if col is None:
-        col = im2col(x, k, stride, padding)
+    col = im2col(x, k, stride, padding)
     dy_rows = dy.transpose(1, 0, 2, 3).reshape(C_out, -1)  # (C_out, B*Ho*Wo)
     return (dy_rows @ col.T).reshape(C_out, C_in, k, k)
 

@@ -16,10 +16,31 @@ from __future__ import annotations
 
 from ..backend import array_module
 from .base import Op, check_input
-from .conv import conv_output_size
+from .conv import conv_output_size, pad2d
 
 
-class MaxPool2d(Op):
+class _Pool2d(Op):
+    """Window geometry shared by the pools: k x k windows, stride s, padding p."""
+
+    def __init__(self, kind: str, in_shape: tuple, k: int, stride: int | None, padding: int):
+        C, H, W = in_shape
+        self.k, self.stride, self.padding = k, stride or k, padding
+        self.in_shape = tuple(in_shape)
+        self.out_shape = (C, conv_output_size(H, k, self.stride, padding),
+                          conv_output_size(W, k, self.stride, padding))
+        self.name = f"{kind}(k={k}, s={self.stride}, p={padding})"
+
+    def _offsets(self):
+        """(t, i, j, rows, cols): window offset t = i*k + j and the strided slices it reads
+        (a loop over the k*k offsets, never over pixels)."""
+        k, s = self.k, self.stride
+        _, Ho, Wo = self.out_shape
+        for i in range(k):
+            for j in range(k):
+                yield i * k + j, i, j, slice(i, i + s * (Ho - 1) + 1, s), slice(j, j + s * (Wo - 1) + 1, s)
+
+
+class MaxPool2d(_Pool2d):
     """y[b,c,h,w] = max over the window of x; indices of the maxima.
 
     Args:
@@ -30,23 +51,10 @@ class MaxPool2d(Op):
     """
 
     def __init__(self, in_shape: tuple, k: int, stride: int | None = None, padding: int = 0):
-        C, H, W = in_shape
-        self.k, self.stride, self.padding = k, stride or k, padding
         if padding > k // 2:
             raise ValueError(f"MaxPool2d: padding {padding} must be at most k/2 = {k // 2}")
-        self.in_shape = tuple(in_shape)
-        self.out_shape = (C, conv_output_size(H, k, self.stride, padding),
-                          conv_output_size(W, k, self.stride, padding))
+        super().__init__("MaxPool2d", in_shape, k, stride, padding)
         self.overlapping = self.stride < k
-        self.name = f"MaxPool2d(k={k}, s={self.stride}, p={padding})"
-
-    def _offsets(self):
-        """(t, i, j, rows, cols): window offset t = i*k + j and the strided slices it reads."""
-        k, s = self.k, self.stride
-        _, Ho, Wo = self.out_shape
-        for i in range(k):
-            for j in range(k):
-                yield i * k + j, i, j, slice(i, i + s * (Ho - 1) + 1, s), slice(j, j + s * (Wo - 1) + 1, s)
 
     def forward(self, p, x, route=None):
         """x: (B, C, H, W) -> (y (B, C, Ho, Wo), indices (B, C, Ho, Wo)).
@@ -164,24 +172,12 @@ def gather_plane(x, indices):
     return x.ravel()[_flat_indices(indices, x.shape[2] * x.shape[3])].reshape(indices.shape)
 
 
-class AvgPool2d(Op):
+class AvgPool2d(_Pool2d):
     """y = mean of each window (zero padding counted, as PyTorch's default). Linear."""
     linear = True
 
     def __init__(self, in_shape: tuple, k: int, stride: int | None = None, padding: int = 0):
-        C, H, W = in_shape
-        self.k, self.stride, self.padding = k, stride or k, padding
-        self.in_shape = tuple(in_shape)
-        self.out_shape = (C, conv_output_size(H, k, self.stride, padding),
-                          conv_output_size(W, k, self.stride, padding))
-        self.name = f"AvgPool2d(k={k}, s={self.stride}, p={padding})"
-
-    def _offsets(self):
-        k, s = self.k, self.stride
-        _, Ho, Wo = self.out_shape
-        for i in range(k):
-            for j in range(k):
-                yield (slice(i, i + s * (Ho - 1) + 1, s), slice(j, j + s * (Wo - 1) + 1, s))
+        super().__init__("AvgPool2d", in_shape, k, stride, padding)
 
     def forward(self, p, x, route=None):
         check_input(x, self.in_shape, self.name)
@@ -189,11 +185,10 @@ class AvgPool2d(Op):
 
     def jvp(self, p, cache, dx):
         xp = array_module(dx)
-        pad = self.padding
-        xpad = dx if pad == 0 else xp.pad(dx, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        xpad = pad2d(dx, self.padding)
         B, C = dx.shape[:2]
         y = xp.zeros((B, C) + self.out_shape[1:], dtype=dx.dtype)
-        for rows, cols in self._offsets():
+        for *_, rows, cols in self._offsets():
             y += xpad[:, :, rows, cols]
         return y / (self.k * self.k)
 
@@ -203,7 +198,7 @@ class AvgPool2d(Op):
         pad = self.padding
         out = xp.zeros((B, C, H + 2 * pad, W + 2 * pad), dtype=dy.dtype)
         share = dy / (self.k * self.k)
-        for rows, cols in self._offsets():
+        for *_, rows, cols in self._offsets():
             out[:, :, rows, cols] += share
         return xp.ascontiguousarray(out[:, :, pad:pad + H, pad:pad + W])
 
