@@ -77,12 +77,12 @@ class H5Images:
         buf = np.empty((len(uniq),) + self.shape[1:], self.dtype)
         if self._rows is None:  # not our layout: read runs of consecutive images
             starts = np.flatnonzero(np.diff(uniq, prepend=-2) != 1)
-            for a, b in zip(starts, np.append(starts[1:], len(uniq))):
+            for a, b in zip(starts, np.append(starts[1:], len(uniq)), strict=False):  # no runs: no pairs
                 self._ds.read_direct(buf, np.s_[uniq[a]:uniq[b - 1] + 1], np.s_[a:b])
             return buf
         first = (uniq // self._rows) * self._rows  # first image of each index's chunk
         starts = np.flatnonzero(np.diff(first, prepend=-1))
-        for a, b in zip(starts, np.append(starts[1:], len(uniq))):
+        for a, b in zip(starts, np.append(starts[1:], len(uniq)), strict=False):  # no runs: no pairs
             _, raw = self._ds.id.read_direct_chunk((int(first[a]),) + (0,) * (len(self.shape) - 1))
             block = np.frombuffer(raw, self.dtype).reshape((-1,) + self.shape[1:])
             buf[a:b] = block[uniq[a:b] - first[a]]

@@ -1,30 +1,31 @@
 """CIFAR-10 and CIFAR-100 (Krizhevsky, 2009) from the official "python version".
 
-Sources, in order of preference: ``source=`` (a ``.tar.gz`` or an extracted
-folder), ``<data_dir>/cifar-10-python.tar.gz`` (checked against the published
-MD5), ``<data_dir>/cifar-10-batches-py/``, else a download from the official
-address. The batches are Python-2 pickles: dicts with bytes keys holding
-``b"data"`` (n, 3072) uint8 rows (1024 red, 1024 green, 1024 blue values, each
-row-major 32x32) and ``b"labels"`` (``b"fine_labels"`` for CIFAR-100).
+Sources, in order of preference: ``source=`` (a ``.tar.gz``, an extracted
+folder, or a folder holding either), then in ``<data_dir>``: the official
+archive when it carries the published MD5, else the complete extracted folder
+(``cifar-10-batches-py/``), else a download from the official address. The
+batches are Python-2 pickles: dicts with bytes keys holding ``b"data"``
+(n, 3072) uint8 rows (1024 red, 1024 green, 1024 blue values, each row-major
+32x32) and ``b"labels"`` (``b"fine_labels"`` for CIFAR-100).
+
+An archive is read in memory, member by member, and to its end, so the gzip
+CRC is checked before anything is returned (and cached).
 """
 from __future__ import annotations
 
-import pickle
-import tempfile
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import pickles
 from .cache import load_cached, open_orphan_cache
 from .dataset import Dataset
-from .download import check_md5, default_data_dir, fetch, md5_file, md5_files, safe_extract
-from .errors import DataError, DatasetNotFoundError
+from .download import checksum_error, default_data_dir, fetch, iter_tar_files, md5_file, md5_files
+from .errors import SOURCE_HINT, DataError, DatasetNotFoundError
 
-try:  # NumPy >= 2 moved the pickle helper; the old name warns there.
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # pragma: no cover - NumPy 1.x
-    from numpy.core.multiarray import _reconstruct
+log = logging.getLogger("data_loaders")
 
 MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
 
@@ -42,6 +43,12 @@ class CifarSpec:
     label_key: bytes
     names_key: bytes
     normalization: str
+    num_classes: int = 10
+
+    @property
+    def files(self) -> tuple:
+        """Every file of the extracted folder: meta, train batches, test batches."""
+        return (self.meta,) + self.train + self.test
 
 
 CIFAR = {
@@ -50,7 +57,7 @@ CIFAR = {
                          ("test_batch",), "batches.meta", b"labels", b"label_names", "cifar10"),
     "cifar100": CifarSpec("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
                           "cifar-100-python", ("train",), ("test",), "meta", b"fine_labels",
-                          b"fine_label_names", "cifar100"),
+                          b"fine_label_names", "cifar100", 100),
 }
 
 
@@ -70,145 +77,168 @@ def load_cifar(name: str = "cifar10", data_dir=None, download: bool = True, *, s
 
     Returns:
         A :class:`Dataset`: 50000/10000 images for the full datasets.
+
+    Raises:
+        DatasetNotFoundError: no source (or ``source`` missing or unrecognisable).
+        ChecksumError: an official-name archive has the wrong MD5 and no
+            complete extracted folder is next to it.
+        DataError: a damaged archive or batch file; the message names it.
     """
     spec = CIFAR[name]
     root = default_data_dir(data_dir)
     cache_path = root / f"{name}.h5"
-    src = _resolve_source(Path(source).expanduser(), spec) if source is not None else (
-        _find_source(root, spec))
+    if source is not None:
+        src, digest = resolve_source(Path(source).expanduser(), spec), None
+    else:
+        src, digest = official_source(root, spec)
     if src is None:
         if cache and cache_path.exists():
             return open_orphan_cache(cache_path, name=name,
                                      hint=_missing_message(root, spec, mirrors))
         if not download:
             raise DatasetNotFoundError(_missing_message(root, spec, mirrors))
-        src = fetch(spec.archive, spec.md5, root, [m + spec.archive for m in mirrors])
-    if src.is_file():
-        digest = md5_file(src)
-        if source is None:
-            check_md5(src, spec.md5, digest, " To use a copy that is not the official "
-                      "archive, pass it as source=PATH.")
-    else:
-        digest = md5_files(_batch_files(src, spec))
+        src = fetch(spec.archive, spec.md5, root, [m + spec.archive for m in mirrors],
+                    hint=f" To use a copy that is not the official archive, {SOURCE_HINT}.")
+        digest = spec.md5
+    if digest is None:
+        digest = md5_file(src) if src.is_file() else md5_files(_batch_files(src, spec))
     return load_cached(cache_path, name=name, source_md5=digest,
                        build=lambda: read_cifar(src, name), use_cache=cache)
 
 
 def read_cifar(src, name: str = "cifar10") -> Dataset:
-    """Parse a CIFAR archive (extracted safely to a temporary folder) or folder."""
-    spec = CIFAR[name]
+    """Parse a CIFAR archive (read in memory, to its end) or an extracted folder."""
     src = Path(src)
     if src.is_dir():
         return read_cifar_folder(src, name)
-    with tempfile.TemporaryDirectory(prefix="refdtp-cifar-") as tmp:
-        safe_extract(src, tmp)
-        folder = Path(tmp) / spec.folder
-        if not folder.is_dir():
-            raise DataError(f"{src}: the archive has no {spec.folder}/ folder; is it the "
-                            f"official {spec.archive}?")
-        return read_cifar_folder(folder, name)
+    return read_cifar_archive(src, name)
 
 
 def read_cifar_folder(folder, name: str = "cifar10") -> Dataset:
     """Parse an extracted ``cifar-10-batches-py`` / ``cifar-100-python`` folder."""
     spec = CIFAR[name]
-    folder = Path(folder)
-    _batch_files(folder, spec)  # raises early, listing every missing file
-    meta = load_py2_pickle(folder / spec.meta)
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in _get(meta, spec.names_key,
-                                                                         folder / spec.meta)]
-    train = [_read_batch(folder / f, spec) for f in spec.train]
-    test = [_read_batch(folder / f, spec) for f in spec.test]
-    return Dataset(name=name, class_names=names, normalization=spec.normalization,
+    parts = {}
+    for path in _batch_files(Path(folder), spec):  # raises early, listing every missing file
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+        parts[path.name] = parse_member(path.name, data, spec, str(path))
+    return _assemble(parts, spec, name)
+
+
+def read_cifar_archive(archive, name: str = "cifar10") -> Dataset:
+    """Parse the batch files inside a CIFAR tarball without extracting it to disk.
+
+    The whole archive is read, so a damaged gzip stream (CRC, length) is
+    reported, in preference to any error its damaged members cause.
+    """
+    spec = CIFAR[name]
+    wanted = {f"{spec.folder}/{f}": f for f in spec.files}
+    parts, first_error = {}, None
+    for member, data in iter_tar_files(archive, wanted):
+        if first_error is None:
+            try:
+                parts[wanted[member]] = parse_member(wanted[member], data, spec,
+                                                     f"{archive} (member {member})")
+            except DataError as exc:
+                first_error = exc
+    if first_error is not None:
+        raise first_error
+    missing = [f"{spec.folder}/{f}" for f in spec.files if f not in parts]
+    if missing:
+        raise DatasetNotFoundError(f"{archive}: the archive lacks {', '.join(missing)}; is it "
+                                   f"the official {spec.archive}?")
+    return _assemble(parts, spec, name)
+
+
+def parse_member(filename: str, data: bytes, spec: CifarSpec, where: str):
+    """Class names (meta file) or ``(images, labels)`` (batch file) of one file's bytes."""
+    d = pickles.load_py2_pickle(data, where)
+    if filename == spec.meta:
+        return pickles.class_names(pickles.get_field(d, spec.names_key, where), spec.num_classes,
+                                   where, spec.names_key)
+    return parse_batch(d, spec, where)
+
+
+def parse_batch(d: dict, spec: CifarSpec, where: str):
+    """(n, 3, 32, 32) uint8 images and (n,) int64 labels of one unpickled batch dict."""
+    rows = pickles.pixel_rows(pickles.get_field(d, b"data", where), 3072, where, b"data")
+    labels = pickles.class_labels(pickles.get_field(d, spec.label_key, where), len(rows),
+                                  spec.num_classes, where, spec.label_key)
+    return rows.reshape(-1, 3, 32, 32), labels
+
+
+def _assemble(parts: dict, spec: CifarSpec, name: str) -> Dataset:
+    train, test = [parts[f] for f in spec.train], [parts[f] for f in spec.test]
+    return Dataset(name=name, class_names=parts[spec.meta], normalization=spec.normalization,
                    train_images=np.concatenate([x for x, _ in train]),
                    train_labels=np.concatenate([y for _, y in train]),
                    test_images=np.concatenate([x for x, _ in test]),
                    test_labels=np.concatenate([y for _, y in test]))
 
 
-class _Py2Unpickler(pickle.Unpickler):
-    """Unpickler that only builds NumPy arrays: a pickle cannot run other code."""
-
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-                ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-                ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-
-    def find_class(self, module, name):
-        if (module, name) == ("_codecs", "encode"):  # how Python 3 pickles bytes (protocol 2)
-            import _codecs
-            return _codecs.encode
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
-        return self._ALLOWED[(module, name)]
-
-
-def load_py2_pickle(path):
-    """Load a Python-2 pickle (keys as bytes) that may only contain NumPy arrays."""
-    try:
-        with open(path, "rb") as f:
-            obj = _Py2Unpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-        raise DataError(f"{path}: not a valid CIFAR pickle ({exc})") from exc
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
-    return obj
-
-
-def _get(d: dict, key: bytes, path):
-    """``d[key]``, accepting str keys too (pickles re-saved under Python 3)."""
-    for k in (key, key.decode()):
-        if k in d:
-            return d[k]
-    raise DataError(f"{path}: missing key {key!r}; keys are {sorted(map(repr, d))}")
-
-
-def _read_batch(path: Path, spec: CifarSpec):
-    """(n, 3, 32, 32) uint8 images and (n,) int64 labels of one batch file."""
-    d = load_py2_pickle(path)
-    data, labels = _get(d, b"data", path), _get(d, spec.label_key, path)
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-            or data.shape[1] != 3072:
-        raise DataError(f"{path}: b'data' must be an (n, 3072) uint8 array, got "
-                        f"{getattr(data, 'shape', type(data))} {getattr(data, 'dtype', '')}")
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.shape != (data.shape[0],):
-        raise DataError(f"{path}: {data.shape[0]} images but labels of shape {labels.shape}")
-    return data.reshape(-1, 3, 32, 32), labels
+def _missing_files(folder: Path, spec: CifarSpec) -> list:
+    return [f for f in spec.files if not (folder / f).is_file()]
 
 
 def _batch_files(folder: Path, spec: CifarSpec) -> list:
-    files = [folder / f for f in (spec.meta,) + spec.train + spec.test]
-    missing = [f.name for f in files if not f.is_file()]
+    missing = _missing_files(folder, spec)
     if missing:
         raise DatasetNotFoundError(f"{folder}: missing {', '.join(missing)}; the folder must "
                                    f"hold the extracted official {spec.archive}")
-    return files
+    return [folder / f for f in spec.files]
 
 
-def _find_source(root: Path, spec: CifarSpec):
-    """The official archive or extracted folder inside ``root``, or None."""
-    for cand in (root / spec.archive, root / spec.folder):
-        if cand.exists():
-            return cand
-    return None
+def official_source(root: Path, spec: CifarSpec):
+    """``(path, digest)`` of the source to use in the data folder, or ``(None, None)``.
+
+    The official archive is used when it carries the published MD5. Otherwise
+    the complete extracted folder next to it is used (with a warning). An
+    archive with another MD5 and no complete folder raises :class:`ChecksumError`.
+    """
+    archive, folder = root / spec.archive, root / spec.folder
+    if not archive.is_file():
+        if folder.is_dir():
+            log.info("using %s", folder)
+            return folder, None
+        return None, None
+    digest = md5_file(archive)
+    if digest == spec.md5:
+        log.info("using %s%s", archive, f" (not the folder {folder})" if folder.exists() else "")
+        return archive, digest
+    missing = _missing_files(folder, spec) if folder.is_dir() else None
+    if missing == []:
+        log.warning("%s: MD5 %s is not the published %s; using %s instead", archive, digest,
+                    spec.md5, folder)
+        return folder, None
+    state = (f"the extracted folder {folder} lacks {', '.join(missing)}" if missing
+             else f"there is no extracted folder {folder}")
+    raise checksum_error(archive, spec.md5, digest, f" {state[0].upper()}{state[1:]}, so it "
+                         f"cannot be used instead. To use a copy that is not the official "
+                         f"archive, {SOURCE_HINT}.")
 
 
-def _resolve_source(path: Path, spec: CifarSpec) -> Path:
+def resolve_source(path: Path, spec: CifarSpec) -> Path:
     """A user-given archive or folder (or a folder holding one of them)."""
+    what = (f"{spec.archive} (or another tarball of it), its extracted folder {spec.folder}/, "
+            "or a folder holding one of them")
+    if not path.exists():
+        raise DatasetNotFoundError(f"{path}: does not exist; the source must be {what}")
     if path.is_file():
         return path
-    if path.is_dir():
-        if (path / spec.meta).exists():
-            return path
-        found = _find_source(path, spec)
-        if found is not None:
-            return found
-    raise DatasetNotFoundError(f"{path}: neither {spec.archive} nor a folder holding "
-                               f"{spec.meta} and the batch files")
+    if (path / spec.meta).exists():
+        return path
+    for cand in (path / spec.archive, path / spec.folder):
+        if cand.exists():
+            log.info("using %s", cand)
+            return cand
+    raise DatasetNotFoundError(f"{path}: holds neither {spec.archive} nor {spec.folder}/ nor "
+                               f"{spec.meta} and the batch files; the source must be {what}")
 
 
 def _missing_message(root: Path, spec: CifarSpec, mirrors) -> str:
     url = (mirrors[0] if mirrors else MIRRORS[0]) + spec.archive
     return (f"{spec.archive} not found in {root}. Download {url} (MD5 {spec.md5}) and put it "
             f"there, or its extracted folder {root / spec.folder}/; or load with "
-            "download=True, or pass source=PATH, or set data_dir / $REFDTP_DATA.")
+            f"download=True, or {SOURCE_HINT}, or set data_dir / $REFDTP_DATA.")

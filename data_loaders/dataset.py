@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import FormatError
+
 
 @dataclass
 class Dataset:
@@ -39,8 +41,8 @@ class Dataset:
             images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
             _check_split(self.name, split, images, labels, len(self.class_names))
             if shape is not None and tuple(images.shape[1:]) != shape:
-                raise ValueError(f"{self.name}: train images are {shape} but test images "
-                                 f"are {tuple(images.shape[1:])}")
+                raise FormatError(f"{self.name}: train images are {shape} but test images "
+                                  f"are {tuple(images.shape[1:])}")
             shape = tuple(images.shape[1:])
 
     @property
@@ -67,16 +69,16 @@ class Dataset:
 
 
 def _check_split(name, split, images, labels, num_classes):
-    """Raise ValueError naming the problem when a split is malformed."""
+    """Raise :class:`FormatError` (a ValueError) naming the problem when a split is malformed."""
     where = f"{name} {split}"
     if np.dtype(images.dtype) != np.uint8 or len(images.shape) != 4:
-        raise ValueError(f"{where} images must be (N, C, H, W) uint8, got "
-                         f"{tuple(images.shape)} {images.dtype}")
+        raise FormatError(f"{where} images must be (N, C, H, W) uint8, got "
+                          f"{tuple(images.shape)} {images.dtype}")
     if not isinstance(labels, np.ndarray) or labels.dtype != np.int64 or labels.ndim != 1:
-        raise ValueError(f"{where} labels must be a (N,) int64 array, got "
-                         f"{getattr(labels, 'shape', '?')} {getattr(labels, 'dtype', type(labels))}")
+        raise FormatError(f"{where} labels must be a (N,) int64 array, got "
+                          f"{getattr(labels, 'shape', '?')} {getattr(labels, 'dtype', type(labels))}")
     if len(labels) != images.shape[0]:
-        raise ValueError(f"{where}: {images.shape[0]} images but {len(labels)} labels")
+        raise FormatError(f"{where}: {images.shape[0]} images but {len(labels)} labels")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{where} labels must lie in [0, {num_classes}), got "
-                         f"[{labels.min()}, {labels.max()}]")
+        raise FormatError(f"{where} labels must lie in [0, {num_classes}), got "
+                          f"[{labels.min()}, {labels.max()}]")

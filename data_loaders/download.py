@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import logging
+import lzma
 import os
+import posixpath
 import shutil
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path, PurePosixPath
 
 from .errors import ChecksumError, DataError, DownloadError, UnsafeArchiveError
@@ -69,13 +73,18 @@ def check_md5(path, expected: str, actual: str | None = None, hint: str = "") ->
     """
     actual = actual or md5_file(path)
     if actual != expected:
-        raise ChecksumError(
-            f"{path}: MD5 mismatch (expected {expected}, actual {actual}). The file is "
-            f"corrupt or not the published one; delete it and download it again.{hint}")
+        raise checksum_error(path, expected, actual, hint)
+
+
+def checksum_error(path, expected: str, actual: str, hint: str = "") -> ChecksumError:
+    """The :class:`ChecksumError` of a file whose MD5 is ``actual``, not ``expected``."""
+    return ChecksumError(
+        f"{path}: MD5 mismatch (expected {expected}, actual {actual}). The file is "
+        f"corrupt or not the published one; delete it and download it again.{hint}")
 
 
 def fetch(filename: str, md5: str, dest_dir, urls, *, timeout: float = 60.0,
-          retries: int = 3) -> Path:
+          retries: int = 3, hint: str = "") -> Path:
     """Download ``filename`` into ``dest_dir`` from the first mirror that works.
 
     An existing complete file is checked and reused. A ``.part`` file left by an
@@ -90,6 +99,7 @@ def fetch(filename: str, md5: str, dest_dir, urls, *, timeout: float = 60.0,
         timeout: socket timeout in seconds.
         retries: attempts per mirror (a failed attempt that received no bytes
             moves on to the next mirror at once).
+        hint: appended to the error when an existing file has the wrong MD5.
 
     Returns:
         The path of the verified file.
@@ -100,7 +110,7 @@ def fetch(filename: str, md5: str, dest_dir, urls, *, timeout: float = 60.0,
     """
     dest = Path(dest_dir) / filename
     if dest.exists():
-        check_md5(dest, md5)
+        check_md5(dest, md5, hint=hint)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -185,7 +195,8 @@ def safe_extract(archive, dest) -> list[Path]:
     """Extract a tar archive, refusing links, devices and escaping paths.
 
     Every member is checked before anything is written. Only regular files and
-    folders are allowed, and each must land inside ``dest``.
+    folders are allowed, and each must land inside ``dest``. The archive is read
+    to its end, so a damaged compressed stream (gzip CRC or length) is reported.
 
     Args:
         archive: path of a ``.tar``, ``.tar.gz`` (any compression tarfile reads).
@@ -197,7 +208,7 @@ def safe_extract(archive, dest) -> list[Path]:
     Raises:
         UnsafeArchiveError: a member is a symlink, hardlink, device or FIFO, or
             has an absolute path or a path that leaves ``dest``.
-        DataError: the archive is unreadable (truncated or not a tar file).
+        DataError: the archive is unreadable (truncated, corrupt or not a tar file).
     """
     dest = Path(dest).resolve()
     dest.mkdir(parents=True, exist_ok=True)
@@ -205,16 +216,71 @@ def safe_extract(archive, dest) -> list[Path]:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
             for member in members:
-                _check_member(member, dest, archive)
-            return [_extract_member(tar, m, dest) for m in members if m.isfile()]
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"{archive}: cannot read the archive ({exc}); it is truncated "
-                        "or not a tar file. Delete it and fetch it again.") from exc
+                _check_member(member, archive)
+                if not (dest / member.name).resolve().is_relative_to(dest):
+                    raise UnsafeArchiveError(f"{archive}: member {member.name!r} escapes the "
+                                             "target folder")
+            files = [_extract_member(tar, m, dest) for m in members if m.isfile()]
+            _read_to_end(tar)
+            return files
+    except _ARCHIVE_ERRORS as exc:
+        raise _archive_error(archive, exc) from exc
 
 
-def _check_member(member: tarfile.TarInfo, dest: Path, archive) -> None:
+def iter_tar_files(archive, names=None):
+    """Yield ``(name, bytes)`` of the regular files of a tar archive, in archive order.
+
+    Nothing is written to disk. Every member is checked like in
+    :func:`safe_extract` as it is reached, and after the last one the archive is
+    read to its end, so a damaged compressed stream raises (after the members
+    were yielded, before the generator finishes).
+
+    Args:
+        archive: path of a ``.tar`` or compressed tar.
+        names: if given, only members whose normalised name is in it are read.
+
+    Raises:
+        UnsafeArchiveError, DataError: as :func:`safe_extract`.
+    """
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                _check_member(member, archive)
+                name = posixpath.normpath(member.name)
+                if member.isfile() and (names is None or name in names):
+                    yield name, _read_member(tar, member)
+            _read_to_end(tar)
+    except _ARCHIVE_ERRORS as exc:
+        raise _archive_error(archive, exc) from exc
+
+
+# What reading a damaged archive raises: tar headers, gzip (CRC, length: OSError,
+# EOFError), deflate data (zlib.error), bz2 (OSError), xz (LZMAError).
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+
+
+def _archive_error(archive, exc: BaseException) -> DataError:
+    if isinstance(exc, DataError):
+        return exc
+    detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return DataError(f"{archive}: cannot read the archive ({detail}); it is truncated, "
+                     "corrupt or not a tar file. Delete it and fetch it again.")
+
+
+def _read_to_end(tar: tarfile.TarFile) -> None:
+    """Read the rest of the (decompressed) stream, so its checksum is verified."""
+    while tar.fileobj.read(_CHUNK):
+        pass
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    buf = io.BytesIO()
+    with tar.extractfile(member) as src:
+        shutil.copyfileobj(src, buf, _CHUNK)  # in pieces: a bad size field allocates nothing
+    return buf.getvalue()
+
+
+def _check_member(member: tarfile.TarInfo, archive) -> None:
     name = member.name
     if member.issym() or member.islnk():
         raise UnsafeArchiveError(f"{archive}: member {name!r} is a link; refusing to extract")
@@ -223,8 +289,6 @@ def _check_member(member: tarfile.TarInfo, dest: Path, archive) -> None:
             f"{archive}: member {name!r} is not a regular file or folder (device or FIFO)")
     parts = PurePosixPath(name).parts
     if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
-        raise UnsafeArchiveError(f"{archive}: member {name!r} escapes the target folder")
-    if not (dest / name).resolve().is_relative_to(dest):
         raise UnsafeArchiveError(f"{archive}: member {name!r} escapes the target folder")
 
 

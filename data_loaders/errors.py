@@ -23,3 +23,11 @@ class UnsafeArchiveError(DataError, ValueError):
 
 class CacheError(DataError, ValueError):
     """An HDF5 cache file is corrupt, truncated, or built from other data."""
+
+
+class FormatError(DataError, ValueError):
+    """A file's content breaks its format (bad field, shape, dtype or label)."""
+
+
+#: How a user points a loader at their own copy; appended to "not found" hints.
+SOURCE_HINT = "pass --source PATH (or source=PATH in Python)"

@@ -19,7 +19,7 @@ import numpy as np
 from .cache import CacheWriter, open_cache, open_orphan_cache
 from .dataset import Dataset
 from .download import default_data_dir, md5_files
-from .errors import CacheError, DataError, DatasetNotFoundError
+from .errors import SOURCE_HINT, CacheError, DataError, DatasetNotFoundError, FormatError
 
 log = logging.getLogger("data_loaders")
 
@@ -51,6 +51,10 @@ def load_imagenet32(data_dir=None, download: bool = False, *, source=None,
     cache_path = root / "imagenet32.h5"
     folder = Path(source).expanduser() if source is not None else root / "imagenet32"
     files = _find_files(folder)
+    if files is None and source is not None:
+        state = ("holds no ImageNet32 npz batches" if folder.is_dir() else "is not a folder"
+                 if folder.exists() else "does not exist")
+        raise DatasetNotFoundError(f"{folder}: {state}. " + _hint(folder))
     if files is None:
         if cache_path.exists():
             return open_orphan_cache(cache_path, name="imagenet32", hint=_hint(folder), lazy=True)
@@ -92,7 +96,9 @@ def read_npz_batch(path):
                         f"'labels' ({type(exc).__name__}: {exc})") from exc
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"{path}: 'data' must be (n, 3072) uint8, got {data.shape} {data.dtype}")
-    labels = np.asarray(labels).astype(np.int64).ravel()
+    if labels.dtype.kind not in "iu":
+        raise FormatError(f"{path}: 'labels' must be integers, got {labels.shape} {labels.dtype}")
+    labels = labels.astype(np.int64).ravel()
     if labels.shape != (len(data),):
         raise DataError(f"{path}: {len(data)} images but labels of shape {labels.shape}")
     if len(labels) and (labels.min() < 1 or labels.max() > NUM_CLASSES):
@@ -141,4 +147,4 @@ def _hint(folder: Path) -> str:
             f"Get 'Downsampled ImageNet 32x32' (Imagenet32_train_npz.zip and "
             f"Imagenet32_val_npz.zip) from {URL}, unzip both into {folder}/ (files "
             f"train_data_batch_1.npz .. train_data_batch_10.npz and val_data.npz), or "
-            f"pass source=FOLDER.")
+            f"{SOURCE_HINT}.")

@@ -8,6 +8,7 @@ uncompressed IDX files.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -18,10 +19,11 @@ import numpy as np
 from .cache import load_cached, open_orphan_cache
 from .dataset import Dataset
 from .download import default_data_dir, fetch, md5_files
-from .errors import DataError, DatasetNotFoundError
+from .errors import SOURCE_HINT, DatasetNotFoundError, FormatError
 
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
          "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+IMAGE_SIZE = (28, 28)
 
 
 @dataclass(frozen=True)
@@ -64,71 +66,112 @@ def load_mnist(name: str = "mnist", data_dir=None, download: bool = True, *, sou
             their MD5s are recorded, not compared with the published ones.
         mirrors: base URLs (default: the known mirrors of the dataset).
         cache: read/write ``<data_dir>/<name>.h5``.
+
+    Raises:
+        DatasetNotFoundError: files missing (all are listed), or ``source`` is
+            not a folder holding them.
+        ChecksumError: a file under an official name has the wrong MD5.
+        DataError: a damaged IDX file; the message names it.
     """
     spec = MNIST_SPECS[name]
     root = default_data_dir(data_dir)
     cache_path = root / f"{name}.h5"
     if source is not None:
-        paths = [_find_idx(Path(source).expanduser(), f) for f in FILES]
+        paths = find_idx_files(Path(source).expanduser())
     else:
         folder, mirrors = root / name, mirrors or spec.mirrors
         missing = [f for f in FILES if not (folder / f).exists()]
         hint = (f"missing {', '.join(missing)} in {folder}/. Download them from "
-                f"{mirrors[0]} (MD5s {dict(zip(FILES, spec.md5s))}), or load with "
-                "download=True, or pass source=FOLDER.")
+                f"{mirrors[0]} (MD5s {dict(zip(FILES, spec.md5s, strict=True))}), or load with "
+                f"download=True, or {SOURCE_HINT}.")
         if len(missing) == len(FILES) and cache and cache_path.exists():
             return open_orphan_cache(cache_path, name=name, hint=hint)
         if missing and not download:
             raise DatasetNotFoundError(hint)
-        paths = [fetch(f, md5, folder, [m + f for m in mirrors])  # checks present files too
-                 for f, md5 in zip(FILES, spec.md5s)]
+        other = f" To use files that are not the published ones, {SOURCE_HINT}."
+        paths = [fetch(f, md5, folder, [m + f for m in mirrors], hint=other)  # checks present ones
+                 for f, md5 in zip(FILES, spec.md5s, strict=True)]
     return load_cached(cache_path, name=name, source_md5=md5_files(paths),
                        build=lambda: read_idx_dataset(paths, name), use_cache=cache)
 
 
-def _find_idx(folder: Path, filename: str) -> Path:
-    for cand in (folder / filename, folder / filename[:-3]):
-        if cand.is_file():
-            return cand
-    raise DatasetNotFoundError(f"{folder}: missing {filename} (or {filename[:-3]})")
+def find_idx_files(folder: Path) -> list:
+    """The four IDX files (``.gz`` or uncompressed) of a user folder, in :data:`FILES` order."""
+    if not folder.exists():
+        raise DatasetNotFoundError(f"{folder}: does not exist; the source must be a folder "
+                                   f"holding {', '.join(FILES)} (or the uncompressed files)")
+    if not folder.is_dir():
+        raise DatasetNotFoundError(f"{folder}: is not a folder; the source must be a folder "
+                                   f"holding {', '.join(FILES)} (or the uncompressed files)")
+    found = {f: next((c for c in (folder / f, folder / f[:-3]) if c.is_file()), None)
+             for f in FILES}
+    missing = [f"{f} (or {f[:-3]})" for f, p in found.items() if p is None]
+    if missing:
+        raise DatasetNotFoundError(f"{folder}: missing {', '.join(missing)}")
+    return list(found.values())
 
 
 def read_idx_dataset(paths, name: str = "mnist") -> Dataset:
     """Build a :class:`Dataset` from the four IDX files (in :data:`FILES` order)."""
     spec = MNIST_SPECS[name]
-    arrays = [read_idx(p) for p in paths]
-    splits = []
-    for i in (0, 2):
-        images, labels = arrays[i], arrays[i + 1]
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise DataError(f"{paths[i]}, {paths[i + 1]}: expected (n, H, W) images and (n,) "
-                            f"labels, got {images.shape} and {labels.shape}")
-        splits.append((images[:, None], labels.astype(np.int64)))
+    splits = [_read_split(paths[i], paths[i + 1], len(spec.class_names)) for i in (0, 2)]
     return Dataset(name=name, class_names=spec.class_names, normalization=spec.normalization,
                    train_images=splits[0][0], train_labels=splits[0][1],
                    test_images=splits[1][0], test_labels=splits[1][1])
 
 
+def _read_split(images_path, labels_path, num_classes: int):
+    """(n, 1, 28, 28) uint8 images and (n,) int64 labels of one images/labels file pair."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.shape[1:] != IMAGE_SIZE:
+        raise FormatError(f"{images_path}: expected images of shape (n, 28, 28), the header "
+                          f"says {images.shape}")
+    if labels.ndim != 1:
+        raise FormatError(f"{labels_path}: expected labels of shape (n,), the header says "
+                          f"{labels.shape}")
+    if len(labels) != len(images):
+        raise FormatError(f"{labels_path}: holds {len(labels)} labels, but "
+                          f"{Path(images_path).name} holds {len(images)} images")
+    bad = np.flatnonzero(labels >= num_classes)
+    if bad.size:
+        raise FormatError(f"{labels_path}: labels must lie in 0..{num_classes - 1}, got "
+                          f"{labels[bad[0]]} at index {bad[0]}")
+    return images[:, None], labels.astype(np.int64)
+
+
 def read_idx(path) -> np.ndarray:
-    """Read an IDX file of unsigned bytes (gzip-compressed if named ``*.gz``).
+    """Read an IDX file of unsigned bytes (gzip-compressed or not, told by its content).
 
     Returns:
         uint8 array of the dimensions given in the header.
+
+    Raises:
+        FormatError: unreadable gzip stream (truncated, CRC), or a header that is
+            not IDX unsigned bytes or that does not match the data length.
     """
     path = Path(path)
-    try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: cannot read ({exc}); the file is truncated or corrupt") from exc
-    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
-        raise DataError(f"{path}: not an IDX file of unsigned bytes (header {raw[:4].hex()})")
+    raw = _read_bytes(path)
+    if len(raw) < 4 or raw[:2] != b"\x00\x00":
+        raise FormatError(f"{path}: not an IDX file (header {raw[:4].hex() or 'empty'})")
+    if raw[2] != 0x08:
+        raise FormatError(f"{path}: IDX data type 0x{raw[2]:02x}, expected 0x08 (unsigned bytes)")
     ndim = raw[3]
     if len(raw) < 4 + 4 * ndim:
-        raise DataError(f"{path}: truncated IDX header")
+        raise FormatError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions)")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    data = np.frombuffer(bytearray(raw), np.uint8, offset=4 + 4 * ndim)  # writable copy
-    if data.size != int(np.prod(dims)):
-        raise DataError(f"{path}: header announces {dims} = {int(np.prod(dims))} values, "
-                        f"the file holds {data.size}")
-    return data.reshape(dims)
+    size = len(raw) - 4 - 4 * ndim
+    if size != math.prod(dims):
+        raise FormatError(f"{path}: header announces {dims} = {math.prod(dims)} values, "
+                          f"the file holds {size}")
+    return np.frombuffer(bytearray(raw), np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed when they start with the gzip magic."""
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, zlib.error) as exc:
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise FormatError(f"{path}: cannot read ({detail}); the file is truncated or "
+                          "corrupt") from exc

@@ -77,7 +77,7 @@ def write_mnist(folder, n_train: int = 12, n_test: int = 5, seed: int = 0, gz: b
               *_random_split(rng, n_test, (1, 28, 28), 10)]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for fname, arr in zip(FILES, arrays):
+    for fname, arr in zip(FILES, arrays, strict=True):
         data = arr[:, 0] if arr.ndim == 4 else arr
         write_idx(folder / (fname if gz else fname[:-3]), data)
     return tuple(arrays)
@@ -91,7 +91,7 @@ def write_imagenet32(folder, n_per_batch: int = 3, n_val: int = 4, seed: int = 0
     folder.mkdir(parents=True, exist_ok=True)
     train = [_random_split(rng, n_per_batch, (3, 32, 32), 1000) for _ in TRAIN_FILES]
     val = _random_split(rng, n_val, (3, 32, 32), 1000)
-    for fname, (x, y) in zip(TRAIN_FILES + (VAL_FILE,), train + [val]):
+    for fname, (x, y) in zip(TRAIN_FILES + (VAL_FILE,), train + [val], strict=True):
         np.savez(folder / f"{fname}.npz", data=x.reshape(len(x), 3072), labels=(y + 1).tolist(),
                  mean=np.zeros(3072))
     return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),

@@ -30,8 +30,12 @@ NORMALIZATIONS = {
 }
 
 
-def _stats(normalization, channels: int):
-    """(mean, std) float64 arrays of length ``channels``; None means mean 0, std 1."""
+def normalization_stats(normalization, channels: int):
+    """(mean, std) float64 arrays of length ``channels``; None means mean 0, std 1.
+
+    Raises:
+        ValueError: an unknown name, statistics for another number of channels, or std <= 0.
+    """
     if normalization is None:
         mean, std = (0.0,), (1.0,)
     elif isinstance(normalization, str):
@@ -64,7 +68,7 @@ def normalize(x, normalization=None, dtype=np.float32):
     Returns:
         (N, C, H, W) array of ``dtype`` on the backend of ``x``.
     """
-    mean, std = _stats(normalization, x.shape[1])
+    mean, std = normalization_stats(normalization, x.shape[1])
     scale, shift = _per_channel(x, 1.0 / (255.0 * std), -mean / std, dtype)
     y = x.astype(dtype)
     y *= scale
@@ -74,15 +78,26 @@ def normalize(x, normalization=None, dtype=np.float32):
 
 def denormalize(y, normalization=None):
     """Inverse of :func:`normalize`: pixels in 0..255 (float, dtype of ``y``)."""
-    mean, std = _stats(normalization, y.shape[1])
+    mean, std = normalization_stats(normalization, y.shape[1])
     scale, shift = _per_channel(y, 255.0 * std, 255.0 * mean, y.dtype)
     return y * scale + shift
 
 
+_PER_CHANNEL_CACHE: dict = {}
+
+
 def _per_channel(x, scale, shift, dtype):
-    """Two (1, C, 1, 1) arrays of ``dtype`` on the backend of ``x``."""
+    """Two (1, C, 1, 1) arrays of ``dtype`` on the backend of ``x``.
+
+    Cached by value, dtype and backend: on a GPU they are uploaded once, not
+    once per batch (a host -> device copy and a sync each).
+    """
     name = backend_name(x)
-    return tuple(to_backend(v.reshape(1, -1, 1, 1), name, dtype) for v in (scale, shift))
+    key = (name, np.dtype(dtype).str, np.asarray(scale).tobytes(), np.asarray(shift).tobytes())
+    if key not in _PER_CHANNEL_CACHE:
+        _PER_CHANNEL_CACHE[key] = tuple(to_backend(v.reshape(1, -1, 1, 1), name, dtype)
+                                        for v in (scale, shift))
+    return _PER_CHANNEL_CACHE[key]
 
 
 def draw_crop_flip(rng: np.random.Generator, n: int, pad: int = 4):

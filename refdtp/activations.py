@@ -6,14 +6,14 @@ the output so that activations whose derivative is cheap from the output
 (ELU, tanh, sigmoid) never recompute an exponential.
 
 Besides the usual functions, the registry holds the "phi" feedback
-nonlinearities of theory.md section 3.2: for a forward activation s they
+nonlinearities of docs/theory.md §3.4: for a forward activation s they
 satisfy phi'(s(a)) = s'(a), so a feedback G(y) = V phi(y) has the Jacobian
 V diag(s'(a)) and can match J_F^T = W^T diag(s'(a)) exactly, sample by sample.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 from .backend import array_module
 
@@ -33,7 +33,7 @@ class Activation:
     name: str
     value: Callable
     derivative: Callable
-    inverse: Optional[Callable] = None
+    inverse: Callable | None = None
     smooth: bool = True
 
     def __repr__(self) -> str:
@@ -153,7 +153,7 @@ def _identity() -> Activation:
                       lambda y: y)
 
 
-# -- phi functions for exact Jacobian matching (theory.md section 3.2) -------
+# -- phi functions for exact Jacobian matching (docs/theory.md §3.4) -------
 
 def _phi_tanh() -> Activation:
     """phi(y) = y - y^3/3, so phi'(y) = 1 - y^2 = tanh'(a) at y = tanh(a)."""
@@ -190,7 +190,7 @@ ACTIVATIONS = {
     "phi_elu": _phi_elu,
 }
 
-#: forward activation -> the phi whose derivative matches it (theory.md 3.2).
+#: forward activation -> the phi whose derivative matches it (docs/theory.md §3.4).
 JMC_PHI = {"tanh": "phi_tanh", "sigmoid": "phi_sigmoid", "elu": "phi_elu", "identity": "identity"}
 
 

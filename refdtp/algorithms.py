@@ -1,6 +1,6 @@
 """One training step of each algorithm: L-DRL (default), BP, vanilla DTP, TP, DRL.
 
-The per-batch schedule follows the official code (algorithm.md 1, 4.3):
+The per-batch schedule follows the official code (docs/algorithm.md §2):
 
 1. forward pass s_0..s_N with the current W (frozen for this batch);
 2. feedback phase: for each trained block n = 2..N, K_n SGD steps on omega_n,
@@ -15,23 +15,25 @@ the noise an uninterrupted one draws.
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import Noise, array_module, backend_name, blas_threads
+from .backend import Noise, array_module, backend_name, blas_threads, current_blas_threads
 from .backprop import backprop
 from .config import Config
-from .feedback import drl_grads, dtp_grads, ldrl_constants, ldrl_grads_fused
-from .ldrl_fast import LDRLPlan, make_plan, supports
+from .feedback import drl_grads, dtp_grads
+from .hostsync import HostSync, Pending, host_value, require
+from .ldrl import make_plan
 from .losses import accuracy, cross_entropy, cross_entropy_grad
 from .networks import Network, Trace
 from .optim import SGD, flatten, make_optimizer, unflatten
 from .targets import dtp_forward_grads, forward_loss
 
 NOISE_KEY = 7
+#: Algorithms whose step lives in refdtp.family: FW-DTP (fixed feedback) and DDTP-linear (direct feedback).
+FAMILY_ALGORITHMS = ("fwdtp", "ddtp")
 
 
 class DivergenceError(FloatingPointError):
@@ -62,6 +64,9 @@ def forward_optimizer(cfg: Config):
     """The forward-weight optimiser of a config."""
     if cfg.optimizer == "sgd":
         return SGD(cfg.lr, cfg.momentum, cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return make_optimizer("adam", lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                              weight_decay=cfg.weight_decay)
     return make_optimizer(cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -70,11 +75,18 @@ def feedback_optimizers(cfg: Config, net: Network) -> dict:
     if cfg.algorithm == "bp":
         return {}
     return {b.name: SGD(lr, cfg.feedback_momentum, cfg.feedback_weight_decay)
-            for b, lr in zip(net.blocks[1:], cfg.feedback_lr)}
+            for b, lr in zip(net.blocks[1:], cfg.feedback_lr, strict=True)}
 
 
 def init_state(cfg: Config, net: Network, backend: str = "numpy") -> TrainState:
-    """Initial parameters (PyTorch defaults from cfg.seed) and fresh optimiser states."""
+    """Initial parameters (PyTorch defaults from cfg.seed) and fresh optimiser states.
+
+    FW-DTP and DDTP (:data:`FAMILY_ALGORITHMS`) use their authors' initialisations
+    (:mod:`refdtp.family`).
+    """
+    if cfg.algorithm in FAMILY_ALGORITHMS:
+        from . import family
+        return family.init_state(cfg, net, backend)
     cfg.validate(net)
     W, omega = net.init(cfg.seed, cfg.dtype, backend)
     fb = {name: opt.init_state(omega[name]) for name, opt in feedback_optimizers(cfg, net).items()}
@@ -82,27 +94,33 @@ def init_state(cfg: Config, net: Network, backend: str = "numpy") -> TrainState:
 
 
 def _check_finite(tree: dict, what: str) -> None:
-    for key, a in tree.items():
-        if not bool(array_module(a).isfinite(a).all()):
-            raise DivergenceError(f"{what}: {key} became NaN/Inf")
+    """DivergenceError naming the first NaN/Inf array of ``tree``.
+
+    One device flag for the whole tree, checked through :func:`refdtp.hostsync.require`
+    (inside a training step: with the step's single host fetch); the offending
+    key is looked up on the host only when the check fails.
+    """
+    arrays = list(tree.values())
+    xp = array_module(*arrays)
+    ok = xp.stack([xp.isfinite(a).all() for a in arrays]).all()
+
+    def fail():
+        bad = next(k for k, a in tree.items() if not bool(array_module(a).isfinite(a).all()))
+        raise DivergenceError(f"{what}: {bad} became NaN/Inf")
+    require(ok, fail)
 
 
 # -- feedback phase -------------------------------------------------------
 
-def _block_feedback_grads(cfg, net, W, omega, trace, n, noise, sigma, consts, with_loss):
-    """The gradient of block n's feedback loss for one fresh noise draw."""
+def _block_feedback_grads(cfg, net, W, omega, trace, n, noise, sigma, plan, with_loss):
+    """The gradient of block n's feedback loss for one fresh noise draw (``plan``: L-DRL's per-batch plan)."""
     block = net.blocks[n - 1]
     x, y = trace.s[n - 1], trace.s[n]
     eps = noise.normal(x.shape, sigma, x.dtype)
-    name = block.name
     if cfg.algorithm == "ldrl":
-        eta = noise.normal(y.shape, sigma, y.dtype)
-        if isinstance(consts, LDRLPlan):
-            return consts.grads(omega[name], eps, eta, with_loss)
-        route, u_clean = consts
-        return ldrl_grads_fused(block, W[name], omega[name], x, y, route, u_clean, eps, eta, with_loss)
+        return plan.grads(omega[block.name], eps, noise.normal(y.shape, sigma, y.dtype), with_loss)
     if cfg.algorithm in ("dtp", "tp"):
-        return dtp_grads(block, W[name], omega[name], x, eps, with_loss)
+        return dtp_grads(block, W[block.name], omega[block.name], x, eps, with_loss)
     return drl_grads(net, W, omega, trace, n, eps, sigma, with_loss)
 
 
@@ -112,34 +130,35 @@ def _train_block(cfg: Config, net: Network, state: TrainState, trace: Trace, ome
     block = net.blocks[n - 1]
     K, sigma = cfg.feedback_iterations[n - 2], cfg.feedback_sigma[n - 2]
     noise = Noise(cfg.seed, NOISE_KEY, epoch, step, n, backend=backend)
-    consts = None
-    if cfg.algorithm == "ldrl":  # per-batch constants of the fused gradient
-        route = block.route(trace.caches[n - 1])
-        consts = (make_plan(block, state.W[block.name], trace.s[n - 1], trace.s[n], route)
-                  if supports(block) else (route, ldrl_constants(block, trace.s[n], route)))
+    plan = None
+    if cfg.algorithm == "ldrl":  # the per-batch constants of block n's L-DRL gradient
+        plan = make_plan(block, state.W[block.name], trace.s[n - 1], trace.s[n],
+                         block.route(trace.caches[n - 1]), cfg.ldrl_routing)
     optimizer = feedback_optimizers(cfg, net)[block.name]
     om, st, loss = omega[block.name], state.feedback_opt[block.name], None
     for it in range(K):
         grads, loss = _block_feedback_grads(cfg, net, W=state.W, omega={**omega, block.name: om},
                                             trace=trace, n=n, noise=noise, sigma=sigma,
-                                            consts=consts, with_loss=(it == K - 1))
+                                            plan=plan, with_loss=(it == K - 1))
         om, st = optimizer.step(om, grads, st)
-    _check_finite(om, f"epoch {epoch} step {step}: feedback weights of block {block.name}")
-    return om, st, (None if loss is None else float(loss))
+    _check_finite(om, f"epoch {epoch + 1} step {step + 1}: feedback weights of block {block.name}")
+    return om, st, (None if loss is None else host_value(loss))
 
 
 def feedback_workers(backend: str, n_blocks: int, workers: int | None = None) -> int:
     """How many blocks train their feedback at once (None: automatic).
 
-    On the CPU, blocks run in threads, one per core (numpy releases the GIL in
-    BLAS and in its array loops, and the elementwise work is single-threaded,
-    so sequential blocks leave cores idle). On the GPU, one at a time.
+    On the CPU, blocks run in threads, one per BLAS thread the run may use now
+    (:func:`refdtp.backend.current_blas_threads`: the run's choice from its free
+    cores and load, or ``--threads``); numpy releases the GIL in BLAS and in its
+    array loops, and the elementwise work is single-threaded, so sequential
+    blocks would leave cores idle. On the GPU, one at a time.
     """
     if workers is not None:
         if workers < 1:
             raise ValueError(f"feedback workers must be >= 1, got {workers}")
         return min(workers, max(1, n_blocks))
-    return 1 if backend != "numpy" else max(1, min(os.cpu_count() or 1, n_blocks))
+    return 1 if backend != "numpy" else max(1, min(current_blas_threads(), n_blocks))
 
 
 def feedback_phase(cfg: Config, net: Network, state: TrainState, trace: Trace, epoch: int,
@@ -148,8 +167,8 @@ def feedback_phase(cfg: Config, net: Network, state: TrainState, trace: Trace, e
 
     Blocks are independent given the frozen activations (each has its own
     weights, optimiser and noise stream), so they may run concurrently
-    (``workers``, see :func:`feedback_workers`; each worker gets
-    cpu_count // workers BLAS threads). The results do not depend on the
+    (``workers``, see :func:`feedback_workers`; each worker gets an equal share
+    of the run's BLAS threads). The results do not depend on the
     order or the number of workers, only on the BLAS threads per worker
     (BLAS may round differently with another thread count). DRL is the
     exception: its loss runs through the upper feedback maps, so its blocks
@@ -175,7 +194,7 @@ def feedback_phase(cfg: Config, net: Network, state: TrainState, trace: Trace, e
         # Longest first, so the last block to start is a short one.
         cost = {n: cfg.feedback_iterations[n - 2] * net.blocks[n - 1].F.param_op.flops_per_sample()
                 for n in blocks}
-        per_worker = max(1, (os.cpu_count() or 1) // workers)
+        per_worker = max(1, current_blas_threads() // workers)
         with blas_threads(per_worker), ThreadPoolExecutor(workers) as pool:
             results = list(pool.map(run, sorted(blocks, key=cost.get, reverse=True)))
     for n, (om, st, loss) in results:
@@ -183,7 +202,8 @@ def feedback_phase(cfg: Config, net: Network, state: TrainState, trace: Trace, e
         omega[name], fb_states[name] = om, st
         if loss is not None:
             losses[name] = loss
-    return omega, fb_states, {name: losses[name] for name in (b.name for b in net.blocks[1:]) if name in losses}
+    ordered = {b.name: losses[b.name] for b in net.blocks[1:] if b.name in losses}  # block order
+    return omega, fb_states, ordered
 
 
 # -- one step ---------------------------------------------------------------
@@ -192,7 +212,7 @@ def forward_grads(cfg: Config, net: Network, W: dict, omega: dict, trace: Trace,
     """The forward-weight update direction of the algorithm, and the forward loss.
 
     BP: d(mean CE)/dW. DTP family: the block-local loss gradient with
-    beta-nudged, feedback-propagated targets (no 1/beta: algorithm.md 3.3).
+    beta-nudged, feedback-propagated targets (no 1/beta: docs/algorithm.md §3.3).
     """
     logits = trace.logits.reshape(trace.s[0].shape[0], -1)
     if cfg.algorithm == "bp":
@@ -224,18 +244,43 @@ def train_step(cfg: Config, net: Network, state: TrainState, x, labels, lr: floa
     """
     # Overflow on the way to a NaN is reported as a DivergenceError below, not as a warning.
     with np.errstate(over="ignore", invalid="ignore"):
+        if cfg.algorithm in FAMILY_ALGORITHMS:  # FW-DTP, DDTP: refdtp.family (own feedback schedule)
+            from . import family
+            return family.train_step(cfg, net, state, x, labels, lr)
         return _train_step(cfg, net, state, x, labels, lr, workers)
 
 
+#: Batch the step's host syncs on NumPy too (tests; on NumPy a "sync" costs nothing).
+DEFER_SYNCS_ON_NUMPY = False
+
+
 def _train_step(cfg, net, state, x, labels, lr, workers):
+    """On a device, the step with every host sync batched into one fetch (refdtp.hostsync).
+
+    Checks then fail in the order they were recorded (input, cross-entropy, labels, feedback
+    blocks, forward weights), after the step's work, and the old state stays valid. On NumPy
+    (threads per block, syncs free) every check runs where it is made, as before.
+    """
+    if backend_name(x) == "numpy" and not DEFER_SYNCS_ON_NUMPY:
+        return _step(cfg, net, state, x, labels, lr, workers)
+    with HostSync() as hs:
+        new, stats = _step(cfg, net, state, x, labels, lr, workers)
+        hs.resolve()
+    return new, {k: (v.get() if isinstance(v, Pending) else v) for k, v in stats.items()}
+
+
+def _step(cfg, net, state, x, labels, lr, workers):
     backend = backend_name(x)
     trace = net.forward(state.W, x)
     logits = trace.logits.reshape(x.shape[0], -1)
-    ce = float(cross_entropy(logits, labels, "mean"))
-    stats = {"loss": ce, "accuracy": accuracy(logits, labels)}
-    where = f"epoch {state.epoch} step {state.step}"
-    if not (ce == ce and abs(ce) != float("inf")):
-        raise DivergenceError(f"{where}: cross-entropy of block {net.blocks[-1].name}'s output is {ce}")
+    ce = cross_entropy(logits, labels, "mean")
+    where = f"epoch {state.epoch + 1} step {state.step + 1}"  # 1-based, as every message
+
+    def diverged():
+        name = net.blocks[-1].name
+        raise DivergenceError(f"{where}: cross-entropy of block {name}'s output is {float(ce)}")
+    require(array_module(ce).isfinite(ce), diverged)
+    stats = {"loss": host_value(ce), "accuracy": accuracy(logits, labels)}
     omega, fb_states = state.omega, state.feedback_opt
     if cfg.algorithm != "bp":
         omega, fb_states, fb_losses = feedback_phase(cfg, net, state, trace, state.epoch, state.step,
@@ -243,7 +288,7 @@ def _train_step(cfg, net, state, x, labels, lr, workers):
         stats.update({f"feedback_loss/{k}": v for k, v in fb_losses.items()})
     grads, f_loss = forward_grads(cfg, net, state.W, omega, trace, labels)
     if f_loss is not None:
-        stats["forward_loss"] = float(f_loss)
+        stats["forward_loss"] = host_value(f_loss)
     flat_W, opt_state = forward_optimizer(cfg).step(flatten(state.W), flatten(grads), state.forward_opt, lr)
     _check_finite(flat_W, f"{where}: forward weights")
     new = TrainState(unflatten(flat_W), omega, opt_state, fb_states, state.epoch, state.step + 1,

@@ -13,15 +13,37 @@ stopped and resumed draws exactly the numbers an uninterrupted run draws.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import subprocess
+import time
+import warnings
 
 import numpy as np
 
-try:  # refdtp must import on machines without CuPy or without a GPU.
-    import cupy as _cupy
-    _CUPY_IMPORT_ERROR = None
-except Exception as exc:  # ImportError, or a CUDA library that fails to load
-    _cupy = None
-    _CUPY_IMPORT_ERROR = exc
+
+def _import_cupy():
+    """Import CuPy if it is usable; never raise, never let a warning escape.
+
+    Warnings raised while importing (e.g. CuPy's "multiple cupy-* packages are
+    installed") are recorded, not raised: under ``filterwarnings = error`` (the
+    test suite's setting) they would otherwise turn into an exception here and
+    every GPU test would skip silently.
+
+    Returns:
+        (module or None, the import exception or None, [warning messages]).
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:  # refdtp must import on machines without CuPy or without a GPU.
+            import cupy
+            module, error = cupy, None
+        except Exception as exc:  # noqa: BLE001 (ImportError, or a CUDA library that fails to load)
+            module, error = None, exc
+    return module, error, [f"{w.category.__name__}: {w.message}" for w in caught]
+
+
+_cupy, _CUPY_IMPORT_ERROR, CUPY_IMPORT_WARNINGS = _import_cupy()
 
 BACKENDS = ("numpy", "cupy")
 
@@ -41,14 +63,49 @@ class BackendError(RuntimeError):
     """Raised when a backend is unknown or unavailable on this machine."""
 
 
+def cupy_unusable_reason() -> str | None:
+    """Why the "cupy" backend cannot run here, or None when it can."""
+    if _cupy is None:
+        err = _CUPY_IMPORT_ERROR
+        return f"CuPy import failed: {type(err).__name__}: {err}" if err else "CuPy is not installed"
+    try:
+        n = _cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001 (CuPy installed, but no driver or no device.)
+        return f"CuPy imported, but the CUDA runtime failed: {type(exc).__name__}: {exc}"
+    return None if n > 0 else "CuPy imported, but no CUDA device is visible"
+
+
 def gpu_available() -> bool:
     """True when CuPy imports and at least one CUDA device is visible."""
-    if _cupy is None:
-        return False
+    return cupy_unusable_reason() is None
+
+
+def nvidia_smi_gpus() -> list:
+    """GPU lines of ``nvidia-smi -L`` ([] without nvidia-smi, or when it fails)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
     try:
-        return _cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # CuPy installed, but no driver or no device.
-        return False
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [ln.strip() for ln in out.stdout.splitlines() if ln.strip().startswith("GPU")]
+
+
+def gpu_required() -> bool:
+    """True when a GPU run must not skip: REFDTP_REQUIRE_GPU=1, or nvidia-smi sees a GPU."""
+    return os.environ.get("REFDTP_REQUIRE_GPU", "") == "1" or bool(nvidia_smi_gpus())
+
+
+def gpu_guard_message() -> str | None:
+    """A loud error for GPU tests that would all skip on a machine that has a GPU, else None."""
+    reason = cupy_unusable_reason()
+    if reason is None or not gpu_required():
+        return None
+    why = "REFDTP_REQUIRE_GPU=1" if os.environ.get("REFDTP_REQUIRE_GPU") == "1" else "nvidia-smi sees a GPU"
+    extra = "".join(f"\n  import warning: {w}" for w in CUPY_IMPORT_WARNINGS)
+    return (f"GPU tests were asked for and {why}, but the cupy backend is unusable: {reason}{extra}\n"
+            "  Run `python -m refdtp.backend` for the full report.")
 
 
 def get_xp(name: str):
@@ -149,6 +206,58 @@ def blas_threads(n):
     return threadpool_limits(limits=int(n), user_api="blas")
 
 
+#: Below this many FLOPs per batch in the largest weight layer's forward GEMM, one BLAS thread.
+#: 1 GFLOP is ~20-50 ms on one core: splitting it saves little against the step's single-threaded
+#: element-wise and Python work (the 4.7 MFLOP demo runs in ~9 s with 1 or 2 threads on an idle
+#: 2-core host), while threads that spin-wait for a busy core collapse (29 s vs 8 s).
+SMALL_GEMM_FLOPS = 1e9
+
+
+def current_blas_threads() -> int:
+    """The host BLAS's thread limit now (inside :func:`blas_threads`, the run's choice), at least 1."""
+    from threadpoolctl import threadpool_info
+    counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+    return max(1, min(counts)) if counts else max(1, os.cpu_count() or 1)
+
+
+def free_cores() -> tuple[int, float]:
+    """(cores this process may run on, 1-minute load average of the others).
+
+    The load average counts this process too; its share is estimated from its
+    own CPU time t as 1 - exp(-t / 60) (the 1-minute average's decay), at most 1.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        load = 0.0
+    own = 1.0 - float(np.exp(-time.process_time() / 60.0))
+    return max(cores, 1), max(load - own, 0.0)
+
+
+def choose_blas_threads(requested: int | None, gemm_flops: float,
+                        threshold: float = SMALL_GEMM_FLOPS) -> tuple[int, str]:
+    """BLAS thread count of a run and why: ``requested`` (``--threads``) when given, else
+    1 for a small problem, else the cores not taken by other processes (at least 1).
+
+    Args:
+        requested: the user's ``--threads``, or None.
+        gemm_flops: FLOPs of the largest weight layer's forward GEMM on one batch.
+    Returns:
+        (threads >= 1, a short reason for the run's start line and report).
+    """
+    if requested is not None:
+        return int(requested), "--threads"
+    cores, others = free_cores()
+    if gemm_flops < threshold:
+        return 1, f"small problem: largest GEMM {gemm_flops / 1e9:.2g} < {threshold / 1e9:g} GFLOP per batch"
+    n = max(1, min(cores, int(cores - others + 0.5)))
+    return n, f"{cores} cores available, load of others {others:.2f}"
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for host MemoryError and CuPy's device OutOfMemoryError."""
     if isinstance(exc, MemoryError):
@@ -161,6 +270,56 @@ def device_memory_bytes(xp):
     if xp is np:
         return None
     return int(xp.get_default_memory_pool().total_bytes())
+
+
+class UsedBytesCounter:
+    """High-water mark of bytes in use, fed by CuPy memory-hook callbacks.
+
+    Counts what the step's arrays hold (``mem_size`` of each pool allocation
+    until it is freed), not what the pool keeps reserved (cached blocks, the
+    GEMM-rate benchmark's buffers): the analogue of PyTorch's
+    ``max_memory_allocated``.
+    """
+    name = "refdtp_used_bytes"
+
+    def __init__(self):
+        self.used = self.peak = 0
+
+    def malloc_postprocess(self, **kw):
+        """CuPy calls it with device_id, size, rounded_size, mem_ptr (0 on failure)."""
+        if kw.get("mem_ptr", 1) == 0:
+            return
+        self.used += int(kw.get("rounded_size", kw.get("mem_size", kw.get("size", 0))))
+        self.peak = max(self.peak, self.used)
+
+    def free_postprocess(self, **kw):
+        self.used -= int(kw.get("mem_size", 0))
+
+
+def step_peak_bytes(xp, step):
+    """Peak bytes in use while ``step()`` runs once (its arrays plus what was held before).
+
+    NumPy: tracemalloc's peak of the step's buffers. CuPy: the pool's used
+    bytes before the step (cached blocks freed first) plus the high-water mark
+    of a :class:`UsedBytesCounter` memory hook over the step.
+    """
+    if xp is np:
+        import tracemalloc
+        tracemalloc.start()
+        try:
+            step()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    synchronize(xp)
+    pool = xp.get_default_memory_pool()
+    pool.free_all_blocks()
+    before = int(pool.used_bytes())
+    hook = type("UsedBytesHook", (UsedBytesCounter, xp.cuda.MemoryHook), {})()
+    with hook:
+        step()
+        synchronize(xp)
+    return before + hook.peak
 
 
 def device_name(xp) -> str:
@@ -186,14 +345,29 @@ def host_rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, keys)]))
 
 
+def device_generator(xp, seq: np.random.SeedSequence):
+    """A CuPy Generator on a counter-based Philox4x32-10 stream keyed by ``seq``.
+
+    ``cupy.random.default_rng`` is cuRAND's XORWOW, whose per-thread state
+    set-up (``curand_init`` with a sub-sequence skip-ahead) is slow; one is
+    built per block per step. Philox state set-up is a key and a counter. The
+    stream is still determined by (seed, keys) alone. Falls back to
+    ``default_rng`` on a CuPy without the Philox bit generator.
+    """
+    philox = getattr(xp.random, "Philox4x3210", None)
+    if philox is None or not hasattr(xp.random, "Generator"):
+        return xp.random.default_rng(int(seq.generate_state(1, np.uint64)[0]))
+    return xp.random.Generator(philox(seq))
+
+
 class Noise:
     """Gaussian noise drawn on the array's own backend from a seeded stream.
 
-    On NumPy this wraps ``numpy.random.Generator``; on CuPy,
-    ``cupy.random.Generator`` (drawing on the device avoids a host -> device
-    copy of every noise tensor). The two backends give different numbers for
-    the same seed; parity tests therefore draw their noise on the host and
-    pass it in explicitly.
+    On NumPy this wraps ``numpy.random.Generator`` (PCG64); on CuPy, a
+    ``cupy.random.Generator`` on Philox4x32-10 (:func:`device_generator`;
+    drawing on the device avoids a host -> device copy of every noise tensor).
+    The two backends give different numbers for the same seed; parity tests
+    therefore draw their noise on the host and pass it in explicitly.
 
     Args:
         seed: base seed of the run.
@@ -208,7 +382,7 @@ class Noise:
         if self.xp is np:
             self._gen = np.random.default_rng(seq)
         else:
-            self._gen = self.xp.random.default_rng(int(seq.generate_state(1, np.uint64)[0]))
+            self._gen = device_generator(self.xp, seq)
 
     def normal(self, shape, scale: float, dtype):
         """Samples of N(0, scale^2), shape ``shape``, dtype ``dtype``."""
@@ -216,3 +390,12 @@ class Noise:
         z = self._gen.standard_normal(size=tuple(shape), dtype=dtype)
         z *= dtype.type(scale)
         return z
+
+
+def _main(argv=None) -> int:
+    from .gpu_env import main
+    return main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

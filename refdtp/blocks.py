@@ -5,24 +5,29 @@ A block holds two :class:`~refdtp.ops.Chain` s of primitive ops:
 - the forward chain F_n(x; W_n), e.g. conv -> ELU -> max-pool;
 - the feedback chain G_n(y; omega_n) from the block's output space back to
   its input space, built by "inverting" F_n as scalingDTP does
-  (`target_prop/backward_layers.py:invert`, algorithm.md section 2.2): the
+  (`target_prop/backward_layers.py:invert`, docs/algorithm.md §5.1): the
   sub-layers are reversed and Conv2d -> ConvTranspose2d, ELU -> ELU,
   MaxPool2d -> MaxUnpool2d, Linear(a->b) -> Linear(b->a), Reshape -> inverse
   Reshape. A block may also be given any other feedback chain (the exact-JMC
-  "phi" feedback of theory.md section 3.2 used by the verification suite).
+  "phi" feedback of docs/theory.md §3.4 used by the verification suite).
 
 Max-unpool ops of G_n get the argmax indices of a forward pass of F_n as an
 explicit *route* (``Block.route(trace)``), so G(y) and G(y + eta) can use the
-clean routing while G(F(x + eps)) uses the noisy one (algorithm.md 4.1).
+clean routing while G(F(x + eps)) uses the noisy one (docs/conventions.md §3).
 
 All methods are pure functions of (parameters, inputs, caches).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .backend import array_module
 from .ops import Act, Chain, Op
+
+
+def tree_add(a: dict, b: dict, scale: float = 1.0) -> dict:
+    """{k: a[k] + scale * b[k]} for two parameter dicts with the same keys."""
+    return {k: a[k] + scale * b[k] for k in a}
 
 
 def invert(ops: Sequence[Op]) -> list[Op]:
@@ -120,7 +125,7 @@ class Block:
     def feedback_is_affine(self) -> bool:
         """True when G = post(L_omega(pre(y)) + c) with pre parameter-free and
         post linear: then G(a) - G(b) = post(L_omega(pre(a) - pre(b))) and the
-        feedback bias c cancels from every difference (algorithm.md 4.1, 10)."""
+        feedback bias c cancels from every difference (docs/algorithm.md §4.1, §4.2)."""
         k = self.G.param_index
         post = self.G.ops[k + 1:] if k is not None else ()
         return (k is not None and self.G.ops[k].linear
@@ -175,7 +180,7 @@ class Block:
 def with_feedback_activation(forward_ops: Sequence[Op], activation: str) -> list[Op]:
     """``invert(forward_ops)`` with every activation replaced by ``activation``.
 
-    Used for the exact-JMC feedback of theory.md section 3.2: with
+    Used for the exact-JMC feedback of docs/theory.md §3.4: with
     activation = phi such that phi'(s(a)) = s'(a), G's Jacobian carries the
     sample-dependent diag(s'(a)) and can equal J_F^T.
     """

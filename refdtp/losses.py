@@ -3,11 +3,12 @@
 Cross-entropy on logits with a numerically stable log-softmax, and the
 half squared error. ``reduction`` is "mean" (over the batch) or "sum"; the
 DTP first target uses the per-sample (sum-reduced) gradient, while BP and
-the forward loss use batch means (algorithm.md 3.1, 9.5).
+the forward loss use batch means (docs/conventions.md §1).
 """
 from __future__ import annotations
 
 from .backend import array_module
+from .hostsync import host_value, require
 
 REDUCTIONS = ("mean", "sum")
 
@@ -25,9 +26,13 @@ def check_labels(labels, logits) -> None:
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels: expected an integer array, got dtype {labels.dtype}")
     k = logits.shape[1]
-    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= k):
+    if not labels.size:
+        return
+
+    def fail():
         raise ValueError(f"labels: values must lie in [0, {k}), got range "
                          f"[{int(labels.min())}, {int(labels.max())}]")
+    require((labels.min() >= 0) & (labels.max() < k), fail)  # no host sync inside a training step
 
 
 def log_softmax(z):
@@ -78,12 +83,13 @@ def half_mse_grad(y, t, reduction: str = "mean"):
 
 
 def accuracy(logits, labels, k: int = 1) -> float:
-    """Fraction of samples whose label is among the k largest logits."""
+    """Fraction of samples whose label is among the k largest logits (a float; inside a
+    :class:`refdtp.hostsync.HostSync`, a Pending filled by its single fetch)."""
     xp = array_module(logits)
     if k == 1:
-        return float((logits.argmax(axis=1) == labels).mean())
+        return host_value((logits.argmax(axis=1) == labels).mean())
     top = xp.argpartition(-logits, k - 1, axis=1)[:, :k]
-    return float((top == labels.reshape(-1, 1)).any(axis=1).mean())
+    return host_value((top == labels.reshape(-1, 1)).any(axis=1).mean())
 
 
 LOSSES = {"cross_entropy": (cross_entropy, cross_entropy_grad), "half_mse": (half_mse, half_mse_grad)}

@@ -1,7 +1,7 @@
 """Alignment metrics: angles and distances between updates, Jacobians and weights.
 
 - :func:`angle`, :func:`relative_distance`: tensor-vs-tensor (or dict-vs-dict).
-  Angles use 2*asin(||a^ - b^||/2) (theory.md pitfall 1): arccos of a cosine
+  Angles use 2*asin(||a^ - b^||/2) (docs/theory.md §10.1): arccos of a cosine
   near 1 cannot resolve angles below ~1e-6 degrees in float64 (~0.02 degrees in
   float32), which the gradient-matching claims need.
 - :func:`dtp_vs_bp`: per block, (1/beta) * the DTP forward update against the
@@ -9,7 +9,8 @@
   `callbacks.py:comparison_with_backprop_gradients`).
 - :func:`jmc_error`: the Jacobian-matching error ||J_G - J_F^T||_F / ||J_F||_F of
   a block (Theorem 4.2), exact from identity columns for small blocks, or a
-  matrix-free Hutchinson estimate from Gaussian probes for CIFAR-size blocks.
+  matrix-free Hutchinson estimate from Gaussian probes for CIFAR-size blocks;
+  defined in :mod:`refdtp.theory.jacobians` and re-exported here.
 - :func:`weight_alignment`: forward vs feedback weights (W vs V^T for linear
   layers, W vs the ConvTranspose kernel for convs; scalingDTP `metrics.py`).
 - :func:`alignment_report`: all of the above on one batch (what a training
@@ -24,22 +25,22 @@ import math
 
 import numpy as np
 
-from .backend import Noise, array_module, backend_name, to_host
 from .backprop import backprop
 from .blocks import Block
 from .losses import cross_entropy_grad
 from .networks import Network
+from .numerical import host64
 from .ops import Linear
 from .targets import dtp_forward_grads
+from .theory.jacobians import PROBE_KEY, block_jacobians, jmc_error, jmc_error_exact, jmc_error_probes
 
-#: Stream key of the JMC probe noise: Noise(seed, PROBE_KEY, block index).
-PROBE_KEY = 11
-#: jmc_error(method="auto") is exact when min(n_in, n_out) per sample is at most this.
-EXACT_MAX_PASSES = 64
+__all__ = ["PROBE_KEY", "alignment_report", "angle", "block_jacobians", "distance_angle", "dtp_vs_bp",
+           "feedback_weight_as_forward", "jmc_error", "jmc_error_exact", "jmc_error_probes",
+           "relative_distance", "update_comparison", "weight_alignment"]
 
 
 def _flat64(a) -> np.ndarray:
-    return np.asarray(to_host(a), dtype=np.float64).ravel()
+    return host64(a).ravel()
 
 
 def _concat(tree) -> np.ndarray:
@@ -83,7 +84,7 @@ def update_comparison(net: Network, W: dict, omega: dict, x, labels, beta: float
 
     Returns:
         (scaled_dtp, bp): scaled_dtp[name] = (1/beta) dL_F/dW_n (the DTP forward
-        gradient with first target s_N - beta * d(sum CE)/ds_N, algorithm.md 3.3);
+        gradient with first target s_N - beta * d(sum CE)/ds_N, docs/algorithm.md §3.3);
         bp[name] = d(mean CE)/dW_n. Arrays stay on the input's backend.
     """
     trace = net.forward(W, x) if trace is None else trace
@@ -99,9 +100,9 @@ def dtp_vs_bp(net: Network, W: dict, omega: dict, x, labels, beta: float = 0.005
     """Angle and distance of (1/beta) Delta W_DTP from the mean-CE gradient, per block.
 
     Compared on each block's concatenated weight and bias. The distance is
-    ||(1/beta) dW_DTP - dW_BP|| / ||dW_BP|| (relative to BP, theory.md 5.3;
+    ||(1/beta) dW_DTP - dW_BP|| / ||dW_BP|| (relative to BP, docs/theory.md §4.1;
     scalingDTP divides by the DTP norm instead). At the last block the two
-    agree to round-off for any feedback (algorithm.md 5.6 #5).
+    agree to round-off for any feedback (docs/theory.md §4.2).
 
     Args:
         net, W, omega: network, forward and feedback parameters.
@@ -115,149 +116,17 @@ def dtp_vs_bp(net: Network, W: dict, omega: dict, x, labels, beta: float = 0.005
         {block: {"angle": deg, "distance": rel[, "params": {param: {"angle", "distance"}}]}}.
     """
     scaled, bp = update_comparison(net, W, omega, x, labels, beta, rule, trace)
+    return _comparison_rows(net, scaled, bp, per_param)
+
+
+def _comparison_rows(net: Network, scaled: dict, bp: dict, per_param: bool) -> dict:
+    """{block: {"angle", "distance"[, "params"]}} of (1/beta) dW_DTP against dW_BP."""
     out = {}
     for name in net.names:
-        row = distance_angle(scaled[name], bp[name])
+        out[name] = distance_angle(scaled[name], bp[name])
         if per_param:
-            row["params"] = {k: distance_angle(scaled[name][k], bp[name][k]) for k in bp[name]}
-        out[name] = row
+            out[name]["params"] = {k: distance_angle(scaled[name][k], bp[name][k]) for k in bp[name]}
     return out
-
-
-# -- Jacobian matching (Theorem 4.2) ------------------------------------------
-
-def _points(block: Block, W: dict, omega: dict, x):
-    """Forward cache at x and feedback cache at y = F(x) with the clean route."""
-    y, fcache = block.forward(W, x)
-    _, gcache = block.feedback(omega, y, block.route(fcache))
-    return fcache, gcache
-
-
-def _unit_batch(xp, B: int, shape: tuple, index: int, dtype):
-    """(B, *shape) array whose every sample is the unit vector e_index."""
-    e = xp.zeros((B, math.prod(shape)), dtype=dtype)
-    e[:, index] = 1
-    return e.reshape((B,) + tuple(shape))
-
-
-def _exact_passes(block: Block, W: dict, omega: dict, x):
-    """Yield (column of J_G - J_F^T, matching slice of J_F^T) per sample, (B, n).
-
-    Loops over identity columns of the smaller side: n_out passes of
-    (J_F^T e_j, J_G e_j) or n_in passes of (J_F e_i, J_G^T e_i) (rows of the
-    difference's transpose; the Frobenius norms are the same).
-    """
-    xp, B = array_module(x), x.shape[0]
-    fc, gc = _points(block, W, omega, x)
-    n_in, n_out = math.prod(block.in_shape), math.prod(block.out_shape)
-    if n_out <= n_in:
-        for j in range(n_out):
-            e = _unit_batch(xp, B, block.out_shape, j, x.dtype)
-            jft = block.forward_vjp(W, fc, e).reshape(B, -1)
-            yield block.feedback_jvp(omega, gc, e).reshape(B, -1) - jft, jft
-    else:
-        for i in range(n_in):
-            e = _unit_batch(xp, B, block.in_shape, i, x.dtype)
-            jf = block.forward_jvp(W, fc, e).reshape(B, -1)
-            yield block.feedback_vjp(omega, gc, e).reshape(B, -1) - jf, jf
-
-
-def block_jacobians(block: Block, W: dict, omega: dict, x) -> tuple:
-    """Per-sample Jacobians of a block, from its jvp/vjp applied to identity columns.
-
-    Args:
-        x: (B, *in_shape) block input; G is evaluated at y = F(x) with the clean route.
-
-    Returns:
-        (J_F, J_G) on x's backend: J_F (B, n_out, n_in) = dF/dx,
-        J_G (B, n_in, n_out) = dG/dy. Exact to round-off; costs n_in + n_out passes.
-    """
-    xp, B = array_module(x), x.shape[0]
-    fc, gc = _points(block, W, omega, x)
-    n_in, n_out = math.prod(block.in_shape), math.prod(block.out_shape)
-    JF = xp.empty((B, n_out, n_in), dtype=x.dtype)
-    JG = xp.empty((B, n_in, n_out), dtype=x.dtype)
-    for i in range(n_in):
-        JF[:, :, i] = block.forward_jvp(W, fc, _unit_batch(xp, B, block.in_shape, i, x.dtype)).reshape(B, -1)
-    for j in range(n_out):
-        e = _unit_batch(xp, B, block.out_shape, j, x.dtype)
-        JG[:, :, j] = block.feedback_jvp(omega, gc, e).reshape(B, -1)
-    return JF, JG
-
-
-def jmc_error_exact(block: Block, W: dict, omega: dict, x) -> float:
-    """sqrt(sum_b ||J_G^b - J_F^bT||_F^2 / sum_b ||J_F^b||_F^2), exact.
-
-    min(n_in, n_out) passes of one forward vjp/jvp and one feedback jvp/vjp
-    over the batch. Exactly 0 when G matches the transpose (e.g. phi feedback
-    with V = W^T, theory.md 3.2).
-    """
-    num = den = 0.0
-    for diff, jf in _exact_passes(block, W, omega, x):
-        num += float((diff * diff).sum())
-        den += float((jf * jf).sum())
-    return math.sqrt(num / den) if den else float("nan")
-
-
-def jmc_error_probes(block: Block, W: dict, omega: dict, x, n_probes: int = 4, seed: int = 0,
-                     key: int = 0) -> tuple[float, float]:
-    """Hutchinson estimate of the JMC error and its standard error.
-
-    For Gaussian probes v ~ N(0, I) in y-space, E||(J_G - J_F^T) v||^2 =
-    ||J_G - J_F^T||_F^2 and E||J_F^T v||^2 = ||J_F||_F^2, summed over samples;
-    both sides are matrix-free (one forward_vjp and one feedback_jvp per probe).
-    The estimate is sqrt(mean a_k / mean c_k) over the probes k; its standard
-    error comes from the delta method on the ratio of means (nan for 1 probe).
-
-    Args:
-        n_probes: number of probes (each a pass over the whole batch).
-        seed, key: probes come from Noise(seed, PROBE_KEY, key) on x's backend.
-
-    Returns:
-        (estimate, standard error).
-    """
-    fc, gc = _points(block, W, omega, x)
-    noise = Noise(seed, PROBE_KEY, key, backend=backend_name(x))
-    a, c = np.empty(n_probes), np.empty(n_probes)
-    for k in range(n_probes):
-        v = noise.normal((x.shape[0],) + tuple(block.out_shape), 1.0, x.dtype)
-        jft = block.forward_vjp(W, fc, v)
-        diff = block.feedback_jvp(omega, gc, v) - jft
-        a[k], c[k] = float((diff * diff).sum()), float((jft * jft).sum())
-    ma, mc = a.mean(), c.mean()
-    if mc == 0:
-        return float("nan"), float("nan")
-    est = math.sqrt(ma / mc)
-    if n_probes < 2 or est == 0:
-        return est, (0.0 if est == 0 else float("nan"))
-    cov = np.cov(np.stack([a, c]), ddof=1) / n_probes
-    r = ma / mc
-    var_r = cov[0, 0] / mc ** 2 - 2 * r * cov[0, 1] / mc ** 2 + r * r * cov[1, 1] / mc ** 2
-    return est, math.sqrt(max(var_r, 0.0)) / (2 * est)
-
-
-def jmc_error(block: Block, W: dict, omega: dict, x, method: str = "auto", n_probes: int = 4,
-              seed: int = 0, key: int = 0) -> dict:
-    """The Jacobian-matching error of one block, exact or estimated.
-
-    Args:
-        method: "exact", "probes", or "auto" (exact when min(n_in, n_out) is at
-            most EXACT_MAX_PASSES, e.g. every linear output block).
-        n_probes, seed, key: see :func:`jmc_error_probes`.
-
-    Returns:
-        {"error": ||J_G - J_F^T|| / ||J_F||, "stderr": 0 for exact,
-         "method": "exact" | "probes"}.
-    """
-    if method not in ("auto", "exact", "probes"):
-        raise ValueError(f"jmc_error: method must be 'auto', 'exact' or 'probes', got {method!r}")
-    if method == "auto":
-        small = min(math.prod(block.in_shape), math.prod(block.out_shape)) <= EXACT_MAX_PASSES
-        method = "exact" if small else "probes"
-    if method == "exact":
-        return {"error": jmc_error_exact(block, W, omega, x), "stderr": 0.0, "method": "exact"}
-    est, se = jmc_error_probes(block, W, omega, x, n_probes, seed, key)
-    return {"error": est, "stderr": se, "method": "probes"}
 
 
 # -- forward vs feedback weights --------------------------------------------
@@ -311,12 +180,12 @@ def alignment_report(net: Network, W: dict, omega: dict, x, labels, beta: float 
     """
     trace = net.forward(W, x)
     scaled, bp = update_comparison(net, W, omega, x, labels, beta, trace=trace)
-    rows = {}
-    for name in net.names:
-        rows[name] = distance_angle(scaled[name], bp[name])
-        if per_param:
-            rows[name]["params"] = {k: distance_angle(scaled[name][k], bp[name][k]) for k in bp[name]}
-    flat = lambda t: {f"{b}.{k}": a for b, d in t.items() for k, a in d.items()}  # noqa: E731
+    rows = _comparison_rows(net, scaled, bp, per_param)
+
+    def flat(tree):
+        """{block: {name: array}} as one flat {"block.name": array} dict."""
+        return {f"{b}.{k}": a for b, d in tree.items() for k, a in d.items()}
+
     jmc = {}
     for n, b in enumerate(net.blocks[1:], start=2):
         jmc[b.name] = jmc_error(b, W[b.name], omega[b.name], trace.s[n - 1], "auto", n_probes, seed, n)

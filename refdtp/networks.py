@@ -1,9 +1,9 @@
 """Networks as sequences of DTP blocks, and the architectures of the papers.
 
-- :func:`simple_vgg`: the paper's CIFAR-10 / ImageNet32 network (algorithm.md 2.1).
-- :func:`lenet`: the paper's LeNet with overlapping 3/2/1 pools (algorithm.md 2.3).
-- :func:`mlp`: fully connected nets (theory.md networks M1-M5).
-- :func:`small_convnet`: small conv nets for verification (theory.md C1/C2).
+- :func:`simple_vgg`: the paper's CIFAR-10 / ImageNet32 network (docs/algorithm.md §5.2).
+- :func:`lenet`: the paper's LeNet with overlapping 3/2/1 pools (docs/algorithm.md §5.3).
+- :func:`mlp`: fully connected nets (docs/theory.md §1.3, networks M1-M5).
+- :func:`small_convnet`: small conv nets for verification (docs/theory.md §1.3, C1/C2).
 
 Parameters are nested dicts ``{block name: {"weight": ..., "bias": ...}}``:
 ``W`` for the forward maps F_n, ``omega`` for the feedback maps G_n.
@@ -11,13 +11,14 @@ Parameters are nested dicts ``{block name: {"weight": ..., "bias": ...}}``:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
 from .backend import TRAIN_DTYPE, check_float_dtype, host_rng, to_backend
 from .blocks import Block, with_feedback_activation
+from .hostsync import require_finite
 from .ops import Act, AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, check_input
 
 # Stream keys for host_rng(seed, key, block index).
@@ -51,7 +52,7 @@ class Network:
     def __init__(self, blocks: Sequence[Block], name: str = "network"):
         self.blocks = tuple(blocks)
         self.name = name
-        for a, b in zip(self.blocks, self.blocks[1:]):
+        for a, b in zip(self.blocks, self.blocks[1:], strict=False):
             if a.out_shape != b.in_shape:
                 raise ValueError(f"{name}: block {a.name} outputs {a.out_shape} but {b.name} "
                                  f"expects {b.in_shape}")
@@ -78,7 +79,7 @@ class Network:
             backend: where the arrays are placed.
             symmetric: scalingDTP's debug init (`init_symetric_weights`):
                 omega = W (conv, same layout) or W^T (linear) with every bias
-                zeroed. Values are copied, never aliased (algorithm.md 9.7).
+                zeroed. Values are copied, never aliased (docs/algorithm.md §5.6, §8).
         """
         dtype = check_float_dtype(dtype, f"{self.name}.init")
         W, omega = {}, {}
@@ -99,7 +100,8 @@ class Network:
             check: validate x (shape, dtype, NaN/Inf) first.
         """
         if check:
-            check_input(x, self.in_shape, f"{self.name} input", check_finite=True)
+            check_input(x, self.in_shape, f"{self.name} input")
+            require_finite(x, f"{self.name} input")
         s, caches = [x], []
         for b in self.blocks:
             y, cache = b.forward(W[b.name], s[-1])
@@ -148,7 +150,10 @@ def conv_block(name: str, in_shape: tuple, c_out: int, k: int = 3, padding: int 
     """
     conv = Conv2d(in_shape, c_out, k, 1, padding)
     ops: list = [conv]
-    act = lambda shape: Act(shape, activation)  # noqa: E731
+
+    def act(shape):
+        return Act(shape, activation)
+
     if pool is None:
         ops.append(act(conv.out_shape))
     else:
@@ -183,7 +188,7 @@ def simple_vgg(num_classes: int = 10, channels: Sequence[int] = (128, 128, 256, 
                in_shape: tuple = (3, 32, 32), activation: str = "elu") -> Network:
     """The paper's SimpleVGG: 5 x (conv 3x3 -> ELU -> maxpool 2/2), then a linear layer.
 
-    2,221,706 forward parameters for 10 classes (algorithm.md 2.1).
+    2,221,706 forward parameters for 10 classes (docs/algorithm.md §5.2).
     """
     blocks, shape = [], tuple(in_shape)
     for i, c in enumerate(channels):
@@ -194,7 +199,7 @@ def simple_vgg(num_classes: int = 10, channels: Sequence[int] = (128, 128, 256, 
 
 
 def lenet(num_classes: int = 10, in_shape: tuple = (3, 32, 32), activation: str = "elu") -> Network:
-    """The paper's LeNet (algorithm.md 2.3): two conv 5x5 blocks with overlapping
+    """The paper's LeNet (docs/algorithm.md §5.3): two conv 5x5 blocks with overlapping
     3/2/1 max-pools, fc1 (4096 -> 512, ELU) and fc2 (512 -> classes).
 
     The overlapping pools make un-pooling differ from the transpose in
@@ -214,7 +219,7 @@ def mlp(widths: Sequence[int], activation: str = "tanh", output_activation: str 
     """Fully connected net widths[0] -> ... -> widths[-1].
 
     Args:
-        widths: layer sizes, input first (e.g. (6, 5, 4, 3) for theory.md's M1).
+        widths: layer sizes, input first (e.g. (6, 5, 4, 3) for M1 of docs/theory.md §1.3).
         activation: hidden activation.
         output_activation: activation of the last layer (None: linear output).
         feedback: "paper" (G = activation then linear, scalingDTP's inversion)
@@ -226,7 +231,7 @@ def mlp(widths: Sequence[int], activation: str = "tanh", output_activation: str 
         raise ValueError(f"mlp: feedback must be 'paper' or 'jmc', got {feedback!r}")
     from .activations import JMC_PHI
     blocks = []
-    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:], strict=False)):
         act = activation if i < len(widths) - 2 else output_activation
         fb_act = JMC_PHI.get(act) if (feedback == "jmc" and act is not None) else None
         if feedback == "jmc" and act is not None and fb_act is None:
@@ -241,7 +246,7 @@ def mlp(widths: Sequence[int], activation: str = "tanh", output_activation: str 
 def small_convnet(in_shape: tuple = (1, 6, 6), channels: int = 2, num_classes: int = 3,
                   activation: str = "tanh", pool: str = "avg", pool_first: bool = True,
                   feedback: str = "paper") -> Network:
-    """theory.md's C1 (avg-pool) / C2 (max-pool): conv 3x3 pad 1 -> pool 2 -> act -> dense.
+    """C1 (avg-pool) / C2 (max-pool) of docs/theory.md §1.3: conv 3x3 pad 1 -> pool 2 -> act -> dense.
 
     With pool_first and feedback="jmc", G_1 = ConvT(P^T phi(y)) can match J_F^T exactly.
     """
@@ -255,4 +260,13 @@ def small_convnet(in_shape: tuple = (1, 6, 6), channels: int = 2, num_classes: i
     return Network([b1, b2, b3], "small_convnet")
 
 
-ARCHITECTURES = {"simple_vgg": simple_vgg, "lenet": lenet, "mlp": mlp, "small_convnet": small_convnet}
+def fwdtp_mlp(widths: Sequence[int], batch_standardize: bool = False, in_shape: tuple | None = None,
+              activation: str = "tanh") -> Network:
+    """FW-DTP's MLP (Shibuya et al. 2023): bias-free tanh blocks, fixed tanh feedback G(y) = tanh(B y),
+    optionally with batch standardisation after every block; see :func:`refdtp.family.fwdtp.fwdtp_mlp`."""
+    from .family.fwdtp import fwdtp_mlp as build
+    return build(widths, batch_standardize, in_shape, activation)
+
+
+ARCHITECTURES = {"simple_vgg": simple_vgg, "lenet": lenet, "mlp": mlp, "small_convnet": small_convnet,
+                 "fwdtp_mlp": fwdtp_mlp, "fwdtp_mlp_bn": fwdtp_mlp}

@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules with PyTorch's semantics (algorithm.md 6.6).
+"""Optimisers and learning-rate schedules with PyTorch's semantics (docs/algorithm.md §2.4).
 
 Optimisers are pure: ``step(params, grads, state, lr)`` returns new
 parameters and a new state, over plain dicts ``{name: array}`` (nested
@@ -41,7 +41,8 @@ class SGD:
     def __init__(self, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                  dampening: float = 0.0, nesterov: bool = False):
         if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
+            raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0, "
+                             f"got {lr}, {momentum}, {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening 0")
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay

@@ -1,4 +1,4 @@
-"""DTP targets and the forward-weight loss (algorithm.md section 3).
+"""DTP targets and the forward-weight loss (docs/algorithm.md §3).
 
 Block indices follow the paper: blocks n = 1..N, activations s_0 = x, ...,
 s_N = logits; in code ``net.blocks[n - 1]`` is block n and ``trace.s[n]`` is s_n.
@@ -14,7 +14,7 @@ TARGET_RULES = ("difference", "tp")
 def first_target(logits, labels, beta: float):
     """t_N = s_N - beta * dl/ds_N with l the *sum*-reduced cross-entropy.
 
-    Per sample, dl/ds_N = softmax(s_N) - onehot(y): no 1/B here (algorithm.md 3.1).
+    Per sample, dl/ds_N = softmax(s_N) - onehot(y): no 1/B here (docs/algorithm.md §3.1).
 
     Args:
         logits: (B, K) output s_N.
@@ -24,7 +24,8 @@ def first_target(logits, labels, beta: float):
     return logits - beta * cross_entropy_grad(logits, labels, reduction="sum")
 
 
-def propagate_targets(net: Network, omega: dict, trace: Trace, t_N, rule: str = "difference") -> list:
+def propagate_targets(net: Network, omega: dict, trace: Trace, t_N, rule: str = "difference",
+                      post=None) -> list:
     """Targets for s_{N-1}, ..., s_1 by the feedback maps.
 
     difference (DTP, Lee et al. 2015):  t_{n-1} = s_{n-1} + G_n(t_n) - G_n(s_n)
@@ -37,6 +38,8 @@ def propagate_targets(net: Network, omega: dict, trace: Trace, t_N, rule: str = 
         net, omega, trace: network, feedback parameters, clean forward pass.
         t_N: (B, *shape_N) output target.
         rule: "difference" or "tp".
+        post: optional map applied to every propagated target t_{n-1} (FW-DTP's parameter-free
+            batch standardisation, :mod:`refdtp.family.fwdtp`); None leaves them as they are.
 
     Returns:
         [None, t_1, ..., t_N] (index n holds the target of s_n).
@@ -53,6 +56,8 @@ def propagate_targets(net: Network, omega: dict, trace: Trace, t_N, rule: str = 
             t[n - 1] = trace.s[n - 1] + block.feedback_difference(omega[block.name], t[n], trace.s[n], route)
         else:
             t[n - 1] = block.feedback(omega[block.name], t[n], route)[0]
+        if post is not None:
+            t[n - 1] = post(t[n - 1])
     return t
 
 

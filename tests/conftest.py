@@ -42,9 +42,28 @@ def rng(request) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray instance (2 CPUs, no dashboard) shared by the sweep, search and paper tests."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
 def xp(request):
     """numpy, or cupy (gpu-marked; skipped without a GPU)."""
     if request.param == "cupy" and not backend.gpu_available():
         pytest.skip("CuPy backend needs CuPy and an NVIDIA GPU")
     return backend.get_xp(request.param)
+
+
+def pytest_collection_finish(session):
+    """Fail loudly when gpu-marked tests were selected (e.g. ``-m gpu``) on a machine that has
+    a GPU (nvidia-smi lists one, or REFDTP_REQUIRE_GPU=1) but CuPy cannot use it: they would
+    otherwise all skip and the run would look green."""
+    if any(item.get_closest_marker("gpu") for item in session.items):
+        message = backend.gpu_guard_message()
+        if message:
+            pytest.exit(message, returncode=3)

@@ -91,7 +91,7 @@ def test_value_and_derivative_keep_the_input_dtype(name, dtype):
 
 @pytest.mark.parametrize("forward, phi", sorted(A.JMC_PHI.items()))
 def test_phi_derivative_at_the_output_equals_forward_derivative(forward, phi):
-    """phi'(s(a)) = s'(a) (theory.md 3.2): the exact-JMC feedback nonlinearity."""
+    """phi'(s(a)) = s'(a) (docs/theory.md §3.4): the exact-JMC feedback nonlinearity."""
     s, p = A.get_activation(forward), A.get_activation(phi)
     a = inputs(2, (40,))
     y = s.value(a)

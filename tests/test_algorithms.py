@@ -11,8 +11,8 @@ from refdtp.backend import host_rng
 from refdtp.backprop import cross_entropy_gradients
 from refdtp.config import ALGORITHMS, Config, build_network
 from refdtp.networks import mlp, simple_vgg
-from refdtp.presets import PRESETS, get_preset
 from refdtp.targets import dtp_forward_grads
+from refdtp.training.presets import PRESETS, get_preset
 
 CHANNELS = [4, 6]
 
@@ -68,8 +68,8 @@ def angle_degrees(a, b) -> float:
 
 # -- one step of every algorithm ------------------------------------------------------------
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_every_algorithm_runs_one_step_with_finite_stats(algorithm):
+@pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if a not in ("fwdtp", "ddtp")])
+def test_every_algorithm_runs_one_step_with_finite_stats(algorithm):  # fwdtp, ddtp: tests/test_family.py
     net, cfg = small_net(), small_cfg(algorithm)
     state = init_state(cfg, net)
     before = snapshot(state)
@@ -131,7 +131,7 @@ def test_feedback_optimizer_momentum_persists_across_batches():
     net, cfg = small_net(), small_cfg()
     x, y = batch()
     s1, _ = train_step(cfg, net, init_state(cfg, net), x, y, cfg.lr)
-    for name, K in zip(net.names[1:], cfg.feedback_iterations):
+    for name, K in zip(net.names[1:], cfg.feedback_iterations, strict=True):
         st = s1.feedback_opt[name]
         assert st["step"] == K and np.any(st["momentum"]["weight"] != 0), f"{name}: {st['step']}"
     assert "conv_0" not in s1.feedback_opt, "G_1 is never trained"
@@ -305,7 +305,9 @@ def test_ldrl_trains_a_small_convnet_to_high_accuracy():
 
 def hidden_angles(net, W, omega, x, y, beta=0.005):
     """DTP (1/beta) update vs BP gradient, per hidden block, in float64."""
-    to64 = lambda p: {k: {n: a.astype(np.float64) for n, a in v.items()} for k, v in p.items()}  # noqa
+    def to64(p):
+        return {k: {n: a.astype(np.float64) for n, a in v.items()} for k, v in p.items()}
+
     W64, om64, x64 = to64(W), to64(omega), x.astype(np.float64)
     dtp, _ = dtp_forward_grads(net, W64, om64, net.forward(W64, x64), y, beta)
     bp = cross_entropy_gradients(net, W64, x64, y)

@@ -7,8 +7,16 @@ import pytest
 
 from refdtp import numerical as nm
 from refdtp.blocks import Block, invert
-from refdtp.networks import (Network, conv_block, count_params, lenet, linear_block, mlp, simple_vgg,
-                             small_convnet)
+from refdtp.networks import (
+    Network,
+    conv_block,
+    count_params,
+    lenet,
+    linear_block,
+    mlp,
+    simple_vgg,
+    small_convnet,
+)
 from refdtp.ops import Act, ConvTranspose2d, Linear, MaxPool2d, MaxUnpool2d, Reshape
 
 RTOL = 1e-6
@@ -73,8 +81,15 @@ def test_simple_vgg_block_shapes_follow_the_paper():
 def test_lenet_parameter_count_and_shapes():
     net = lenet()
     W, _ = net.init(0)
-    conv = lambda c_in, c_out, k: c_in * c_out * k * k + c_out  # noqa: E731
-    dense = lambda n_in, n_out: n_in * n_out + n_out  # noqa: E731
+
+    def conv(c_in, c_out, k):
+        """Parameters of a k x k conv with bias."""
+        return c_in * c_out * k * k + c_out
+
+    def dense(n_in, n_out):
+        """Parameters of a linear layer with bias."""
+        return n_in * n_out + n_out
+
     expected = conv(3, 32, 5) + conv(32, 64, 5) + dense(64 * 8 * 8, 512) + dense(512, 10)
     assert count_params(W) == expected == 2_156_490
     assert [b.out_shape for b in net.blocks] == [(32, 16, 16), (64, 8, 8), (512,), (10,)]
@@ -90,7 +105,7 @@ def test_small_networks_shapes_and_logits():
         x = rng.standard_normal((B, *net.in_shape))
         trace = net.forward(W, x)
         assert len(trace.s) == len(net) + 1 and trace.s[0] is x
-        for s, b in zip(trace.s[1:], net.blocks):
+        for s, b in zip(trace.s[1:], net.blocks, strict=True):
             assert s.shape == (B, *b.out_shape), f"{net.name}/{b.name}: {s.shape}"
         assert net.logits(W, x).shape == (B, net.num_classes)
 

@@ -26,11 +26,11 @@ def naive_pad(x, p, value=0.0):
 
 def naive_conv2d(x, weight, bias, s, p):
     B, C, H, W = x.shape
-    O, _, k, _ = weight.shape
+    C_out, _, k, _ = weight.shape
     Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
     xp = naive_pad(x, p)
-    y = np.zeros((B, O, Ho, Wo))
-    for b, o, h, w in itertools.product(range(B), range(O), range(Ho), range(Wo)):
+    y = np.zeros((B, C_out, Ho, Wo))
+    for b, o, h, w in itertools.product(range(B), range(C_out), range(Ho), range(Wo)):
         total = 0.0 if bias is None else bias[o]
         for c, i, j in itertools.product(range(C), range(k), range(k)):
             total += weight[o, c, i, j] * xp[b, c, s * h + i, s * w + j]
@@ -40,11 +40,11 @@ def naive_conv2d(x, weight, bias, s, p):
 
 def naive_conv_transpose2d(v, weight, bias, s, p, hw):
     """PyTorch's definition: each input pixel scatters weight-scaled copies of its kernel."""
-    B, O, Ho, Wo = v.shape
+    B, C_out, Ho, Wo = v.shape
     _, C, k, _ = weight.shape
     H, W = hw
     out = np.zeros((B, C, H + 2 * p, W + 2 * p))
-    for b, o, h, w in itertools.product(range(B), range(O), range(Ho), range(Wo)):
+    for b, o, h, w in itertools.product(range(B), range(C_out), range(Ho), range(Wo)):
         for c, i, j in itertools.product(range(C), range(k), range(k)):
             out[b, c, s * h + i, s * w + j] += weight[o, c, i, j] * v[b, o, h, w]
     out = out[:, :, p:p + H, p:p + W]
@@ -56,10 +56,10 @@ def naive_conv_transpose2d(v, weight, bias, s, p, hw):
 
 def naive_weight_grad(x, dy, k, s, p):
     B, C = x.shape[:2]
-    O, Ho, Wo = dy.shape[1:]
+    C_out, Ho, Wo = dy.shape[1:]
     xp = naive_pad(x, p)
-    g = np.zeros((O, C, k, k))
-    for o, c, i, j in itertools.product(range(O), range(C), range(k), range(k)):
+    g = np.zeros((C_out, C, k, k))
+    for o, c, i, j in itertools.product(range(C_out), range(C), range(k), range(k)):
         for b, h, w in itertools.product(range(B), range(Ho), range(Wo)):
             g[o, c, i, j] += dy[b, o, h, w] * xp[b, c, s * h + i, s * w + j]
     return g

@@ -24,7 +24,7 @@ def run(images, labels, bs=8, **kw):
 
 def assert_same_batches(a, b, what):
     assert len(a) == len(b), f"{what}: {len(a)} vs {len(b)} batches"
-    for i, ((xa, ya), (xb, yb)) in enumerate(zip(a, b)):
+    for i, ((xa, ya), (xb, yb)) in enumerate(zip(a, b, strict=True)):
         np.testing.assert_array_equal(ya, yb, err_msg=f"{what}: labels of batch {i}")
         np.testing.assert_array_equal(xa, xb, err_msg=f"{what}: images of batch {i}")
 

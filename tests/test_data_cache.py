@@ -7,7 +7,7 @@ import pytest
 
 import data_loaders as dl
 from data_loaders import testing
-from data_loaders.cache import CacheWriter, FORMAT_VERSION, H5Images, open_cache, write_cache
+from data_loaders.cache import FORMAT_VERSION, CacheWriter, H5Images, open_cache, write_cache
 
 
 @pytest.fixture

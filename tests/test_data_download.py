@@ -152,7 +152,7 @@ def test_cifar_downloads_extracts_and_parses(server, tmp_path, monkeypatch):
     monkeypatch.setitem(cifar.CIFAR, "cifar10", spec)
     ds = dl.load_dataset("cifar10", data_dir=tmp_path / "data", mirrors=[server.url("/kriz/")])
     for got, want in zip((ds.train_images, ds.train_labels, ds.test_images, ds.test_labels),
-                         expected):
+                         expected, strict=True):
         np.testing.assert_array_equal(got, want)
     assert (tmp_path / "data" / "cifar-10-python.tar.gz").read_bytes() == blob
 

@@ -11,7 +11,7 @@ from data_loaders.cache import H5Images
 
 def assert_same_data(ds, expected, what=""):
     names = ("train_images", "train_labels", "test_images", "test_labels")
-    for name, want in zip(names, expected):
+    for name, want in zip(names, expected, strict=True):
         got = np.asarray(getattr(ds, name))
         assert got.dtype == want.dtype, f"{what} {name}: dtype {got.dtype} != {want.dtype}"
         np.testing.assert_array_equal(got, want, err_msg=f"{what} {name}")
@@ -22,8 +22,9 @@ def assert_same_data(ds, expected, what=""):
 def test_cifar_reads_official_layout_from_data_dir(tmp_path, name, tar, monkeypatch):
     expected = testing.write_cifar(tmp_path, name, n_train=11, n_test=3, tar=tar)
     if tar:  # a tarball under the official name must carry the official MD5
-        import data_loaders.cifar as cifar
         import dataclasses
+
+        import data_loaders.cifar as cifar
         md5 = dl.download.md5_file(tmp_path / cifar.CIFAR[name].archive)
         monkeypatch.setitem(cifar.CIFAR, name, dataclasses.replace(cifar.CIFAR[name], md5=md5))
     ds = dl.load_dataset(name, data_dir=tmp_path, download=False)

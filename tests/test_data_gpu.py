@@ -40,7 +40,7 @@ def test_iterate_batches_parity(data):
     host = list(dl.iterate_batches(*data, 64, backend="numpy", **kw))
     dev = list(dl.iterate_batches(*data, 64, backend="cupy", **kw))
     assert len(host) == len(dev) == 3
-    for (xh, yh), (xd, yd) in zip(host, dev):
+    for (xh, yh), (xd, yd) in zip(host, dev, strict=True):
         assert backend.backend_name(xd) == "cupy" and backend.backend_name(yd) == "cupy"
         np.testing.assert_array_equal(backend.to_host(yd), yh)
         np.testing.assert_allclose(backend.to_host(xd), xh, rtol=1e-6, atol=1e-6)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from refdtp import feedback as fb
+from refdtp import ldrl
 from refdtp import numerical as nm
 from refdtp.networks import lenet, linear_block, mlp, simple_vgg
 
@@ -70,11 +71,11 @@ def test_ldrl_naive_and_fused_gradients_match_finite_differences(key, n):
     Wn, om = W[block.name], omega[block.name]
 
     def loss(o):
-        return fb.ldrl_loss(block, Wn, o, x, y, route, eps, eta)
+        return ldrl.ldrl_loss(block, Wn, o, x, y, route, eps, eta)
 
-    naive = fb.ldrl_grads_naive(block, Wn, om, x, y, route, eps, eta)
-    fused, fused_loss = fb.ldrl_grads_fused(block, Wn, om, x, y, route, fb.ldrl_constants(block, y, route),
-                                            eps, eta, with_loss=True)
+    naive = ldrl.ldrl_grads_naive(block, Wn, om, x, y, route, eps, eta)
+    consts = ldrl.ldrl_constants(block, y, route)
+    fused, fused_loss = ldrl.ldrl_grads_fused(block, Wn, om, x, y, route, consts, eps, eta, with_loss=True)
     check_omega_grad(loss, naive, om)
     check_omega_grad(loss, fused, om)
     assert float(fused_loss) == pytest.approx(float(loss(om)), rel=1e-12)
@@ -89,8 +90,9 @@ def test_ldrl_fused_equals_naive_to_round_off_and_bias_gradient_vanishes(key, n)
     block, x, y, route, eps, eta = block_case(net, trace, n, rng)
     Wn, om = W[block.name], omega[block.name]
     assert block.feedback_is_affine, "the fused path must be exercised, not its naive fallback"
-    naive = fb.ldrl_grads_naive(block, Wn, om, x, y, route, eps, eta)
-    fused, _ = fb.ldrl_grads_fused(block, Wn, om, x, y, route, fb.ldrl_constants(block, y, route), eps, eta)
+    naive = ldrl.ldrl_grads_naive(block, Wn, om, x, y, route, eps, eta)
+    consts = ldrl.ldrl_constants(block, y, route)
+    fused, _ = ldrl.ldrl_grads_fused(block, Wn, om, x, y, route, consts, eps, eta)
     err = nm.relative_error(fused["weight"], naive["weight"])
     assert err <= 1e-12, f"{block.name}: fused vs naive weight gradient rel. error {err:.3g}"
     assert not fused["bias"].any(), "the fused feedback-bias gradient must be exactly 0"
@@ -109,7 +111,7 @@ def test_ldrl_noisy_branch_uses_the_noisy_routing():
     g_noisy = block.feedback(om, y_noisy, block.route(noisy_trace))[0]
     g_clean, g_eta = block.feedback(om, y, route)[0], block.feedback(om, y + eta, route)[0]
     expected = (-2 * np.vdot(eps, g_noisy - g_clean) + np.sum((g_eta - g_clean) ** 2)) / x.shape[0]
-    assert float(fb.ldrl_loss(block, Wn, om, x, y, route, eps, eta)) == pytest.approx(expected, rel=1e-13)
+    assert float(ldrl.ldrl_loss(block, Wn, om, x, y, route, eps, eta)) == pytest.approx(expected, rel=1e-13)
     wrong = block.feedback(om, y_noisy, route)[0]
     wrong_loss = (-2 * np.vdot(eps, wrong - g_clean) + np.sum((g_eta - g_clean) ** 2)) / x.shape[0]
     assert abs(wrong_loss - expected) > 1e-6 * abs(expected)
@@ -121,15 +123,15 @@ def mc_relative_error(block, W, omega, target, draws, B, sigma, rng):
     x = rng.standard_normal((B, *block.in_shape))
     y, trace = block.forward(W, x)
     route = block.route(trace)
-    u = fb.ldrl_constants(block, y, route)
+    u = ldrl.ldrl_constants(block, y, route)
     for _ in range(draws):
         eps, eta = sigma * rng.standard_normal(x.shape), sigma * rng.standard_normal(y.shape)
-        total += fb.ldrl_grads_fused(block, W, omega, x, y, route, u, eps, eta)[0]["weight"]
+        total += ldrl.ldrl_grads_fused(block, W, omega, x, y, route, u, eps, eta)[0]["weight"]
     return nm.relative_error(total / draws, target)
 
 
 def test_ldrl_linear_block_gradient_expectation_is_2_sigma2_v_minus_wt_at_rate_1_over_sqrt_m():
-    """E[grad_V] = 2 sigma^2 (V - W^T) for F = W x + b, G = V y + c (theory.md 3.2).
+    """E[grad_V] = 2 sigma^2 (V - W^T) for F = W x + b, G = V y + c (docs/theory.md §3.2).
 
     The Monte-Carlo mean over M and 16 M draws has relative error ~ 1/sqrt(M): its RMS over
     R independent repetitions must shrink by about 4 (3.6-4.2 over seeds 1-5 and 1234). A wrong

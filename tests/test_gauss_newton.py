@@ -1,8 +1,10 @@
-"""Tests of refdtp.gauss_newton (float64) and meta-tests of its claims in verify/claims/drl.py and verify/claims/gauss_newton.py.
+"""Tests of refdtp.theory.gauss_newton (float64) and meta-tests of its claims.
+
+The claims live in verify/claims/drl.py and verify/claims/gauss_newton.py.
 
 The linear algebra is checked against the literal formulas, the Jacobians against
 refdtp.numerical finite differences, the GN updates against the identities of
-theory.md 8.1; the meta-tests plant errors and assert that the claims then FAIL.
+docs/theory.md §5.2; the meta-tests plant errors and assert that the claims then FAIL.
 """
 import math
 
@@ -11,8 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refdtp import gauss_newton as gn
-from refdtp import gn_oracles as oracles
 from refdtp import networks
 from refdtp.activations import get_activation
 from refdtp.backend import to_backend, to_host
@@ -20,6 +20,8 @@ from refdtp.feedback import drl_grads
 from refdtp.metrics import angle, relative_distance
 from refdtp.numerical import fitted_slope, flat_params, numerical_jacobian
 from refdtp.targets import propagate_targets
+from refdtp.theory import gauss_newton as gn
+from refdtp.theory import oracles
 from verify.claims import drl as drl_claims
 from verify.claims import gauss_newton as claims
 from verify.registry import CLAIMS, Context
@@ -122,7 +124,7 @@ def test_nullspace_ratio_of_row_space_and_planted_null_components():
 
 
 def test_antithetic_noise_has_the_gaussian_second_moment():
-    eps = oracles.antithetic_noise((2, 3), 0.1).reshape(12, 6)
+    eps = oracles.antithetic_design((2, 3), 0.1, mean_covariance=True).reshape(12, 6)
     assert np.abs(eps.T @ eps / len(eps) - 0.01 * np.eye(6)).max() <= 1e-15
     assert np.abs(eps.sum(0)).max() == 0.0
 
@@ -159,7 +161,11 @@ def test_param_jacobian_matches_finite_differences():
     W, _, x, trace, _ = _setup(net, B=3)
     for n, b in enumerate(net.blocks, start=1):
         vec, unflatten = flat_params(W[b.name])
-        fd = numerical_jacobian(lambda v: net.forward({**W, b.name: unflatten(v)}, x).s[-1], vec)
+
+        def output(v, name=b.name, unflatten=unflatten):
+            """The network output as a function of block ``name``'s flattened parameters."""
+            return net.forward({**W, name: unflatten(v)}, x).s[-1]
+        fd = numerical_jacobian(output, vec)
         assert relative_distance(gn.param_jacobian(net, W, trace, n), fd) <= 1e-7, b.name
 
 
@@ -167,11 +173,14 @@ def test_feedback_composite_is_the_jacobian_of_difference_target_propagation():
     net = networks.mlp((5, 4, 4, 3), "tanh", feedback="paper")
     W, omega, _, trace, _ = _setup(net, B=1)
 
-    def targets_of(tN, n):
-        t = propagate_targets(net, omega, trace, tN[None])
-        return t[n][0]
+    def targets_of(n):
+        """The map tN -> t_n of difference target propagation (one sample)."""
+        def target(tN):
+            return propagate_targets(net, omega, trace, tN[None])[n][0]
+        return target
+
     for n in (1, 2):
-        fd = numerical_jacobian(lambda v: targets_of(v, n), trace.s[-1][0])
+        fd = numerical_jacobian(targets_of(n), trace.s[-1][0])
         assert relative_distance(oracles.feedback_composite(net, omega, trace, n)[0], fd) <= 1e-7
 
 
@@ -299,8 +308,9 @@ def test_planted_wrong_lambda_eff_fails(monkeypatch):
 
 
 def test_planted_transposed_feedback_fails(monkeypatch):
-    monkeypatch.setattr(oracles, "drl_closed_form_all",
-                        lambda net, W, omega, x, sigma, wd, rcond=gn.RCOND: oracles.transpose_feedback(net, W))
+    def transposed(net, W, omega, x, sigma, wd, rcond=gn.RCOND):
+        return oracles.transpose_feedback(net, W)
+    monkeypatch.setattr(oracles, "drl_closed_form_all", transposed)
     _, failed = _run("drl-gauss-newton")
     assert any("angle(DTP-DRL, GNT-post)" in f for f in failed), failed
 
@@ -316,8 +326,10 @@ def test_planted_drl_gradient_scale_fails(monkeypatch):
 
 def test_planted_gaussian_noise_design_breaks_the_sigma_rate(monkeypatch):
     rng = np.random.default_rng(0)
-    monkeypatch.setattr(oracles, "antithetic_noise",
-                        lambda shape, sigma: sigma * rng.standard_normal((200,) + tuple(shape)))
+
+    def gaussian_design(shape, sigma, mean_covariance):
+        return sigma * rng.standard_normal((200,) + tuple(shape))
+    monkeypatch.setattr(oracles, "antithetic_design", gaussian_design)
     _, failed = _run("drl-sigma-rate")
     assert any("slope" in f for f in failed), failed
 

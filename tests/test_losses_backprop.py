@@ -7,8 +7,15 @@ from hypothesis import strategies as st
 
 from refdtp import numerical as nm
 from refdtp.backprop import backprop, cross_entropy_gradients
-from refdtp.losses import (accuracy, cross_entropy, cross_entropy_grad, half_mse, half_mse_grad, log_softmax,
-                           softmax)
+from refdtp.losses import (
+    accuracy,
+    cross_entropy,
+    cross_entropy_grad,
+    half_mse,
+    half_mse_grad,
+    log_softmax,
+    softmax,
+)
 from refdtp.networks import lenet, mlp, simple_vgg, small_convnet
 from refdtp.ops import MaxPool2d
 from refdtp.optim import flatten, unflatten

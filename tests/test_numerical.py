@@ -390,7 +390,9 @@ def test_fitted_slope_with_noise_and_errors():
 # ---------------------------------------------------------------- 5-point stencil and kinks
 
 def test_five_point_stencil_detects_kinks():
-    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
+    def relu(v):
+        return np.maximum(v, 0.0)
+
     with pytest.raises(nm.NondifferentiableError, match="kink"):
         nm.numerical_jacobian(np.abs, np.array([1.0, 0.0]), stencil=5)
     with pytest.raises(nm.NondifferentiableError, match="coordinate 0"):

@@ -15,8 +15,22 @@ from hypothesis import strategies as st
 
 from refdtp import numerical as nm
 from refdtp.activations import ACTIVATIONS
-from refdtp.ops import (Act, AvgPool2d, AvgUnpool2d, Chain, Conv2d, ConvTranspose2d, Flatten, Linear,
-                        MaxPool2d, MaxUnpool2d, Reshape, conv2d, conv_transpose2d, gather_plane)
+from refdtp.ops import (
+    Act,
+    AvgPool2d,
+    AvgUnpool2d,
+    Chain,
+    Conv2d,
+    ConvTranspose2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    MaxUnpool2d,
+    Reshape,
+    conv2d,
+    conv_transpose2d,
+    gather_plane,
+)
 
 RTOL = 1e-6  # finite-difference agreement (the issue asks for 1e-5 or tighter)
 ADJOINT_RTOL = 1e-12

@@ -4,8 +4,17 @@ import math
 import numpy as np
 import pytest
 
-from refdtp.optim import (SGD, Adam, ConstantLR, CosineAnnealingLR, StepLR, flatten, make_optimizer,
-                          make_schedule, unflatten)
+from refdtp.optim import (
+    SGD,
+    Adam,
+    ConstantLR,
+    CosineAnnealingLR,
+    StepLR,
+    flatten,
+    make_optimizer,
+    make_schedule,
+    unflatten,
+)
 
 
 def run(opt, params, grad_list, lr=None):
@@ -115,7 +124,7 @@ def test_optimizer_steps_are_pure(opt, rng):
     snapshot = [{k: v.copy() for k, v in d.items()} for d in (params, grads, p1)]
     s1_copy = {k: ({n: a.copy() for n, a in v.items()} if isinstance(v, dict) else v) for k, v in s1.items()}
     p2, s2 = opt.step(p1, grads, s1)
-    for before, after in zip(snapshot, (params, grads, p1)):
+    for before, after in zip(snapshot, (params, grads, p1), strict=True):
         for k in before:
             np.testing.assert_array_equal(before[k], after[k])
     for k, v in s1_copy.items():

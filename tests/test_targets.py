@@ -7,8 +7,13 @@ from refdtp import numerical as nm
 from refdtp.backprop import cross_entropy_gradients
 from refdtp.networks import mlp, simple_vgg, small_convnet
 from refdtp.optim import flatten, unflatten
-from refdtp.targets import (dtp_forward_grads, first_target, forward_loss, forward_loss_grads,
-                            propagate_targets)
+from refdtp.targets import (
+    dtp_forward_grads,
+    first_target,
+    forward_loss,
+    forward_loss_grads,
+    propagate_targets,
+)
 
 BETAS = np.logspace(-4, -2, 5)
 
@@ -66,7 +71,11 @@ def test_difference_rule_and_tp_rule_by_hand():
     t_N = first_target(trace.logits, labels, 0.5)
     top = net.blocks[1]
     route = top.route(trace.caches[1])
-    G = lambda v: top.feedback(omega["fc_1"], v, route)[0]  # noqa: E731
+
+    def G(v):
+        """The top block's feedback map G_2 (no difference correction)."""
+        return top.feedback(omega["fc_1"], v, route)[0]
+
     dtp = propagate_targets(net, omega, trace, t_N, "difference")
     nm.assert_allclose(dtp[1], trace.s[1] + G(t_N) - G(trace.s[2]), rtol=1e-13, atol=1e-15, name="DTP t_1")
     tp = propagate_targets(net, omega, trace, t_N, "tp")
@@ -120,7 +129,11 @@ def test_block_losses_are_independent_when_inputs_are_detached(rng):
             else:
                 assert moved[n] == base[n], f"perturbing {name} changed block {net.names[n]}'s loss"
         vec, unflat = nm.flat_params(W[name])
-        own = lambda v: detached_block_losses(net, dict(W, **{name: unflat(v)}), trace, targets)[m]  # noqa
+
+        def own(v, name=name, unflat=unflat, m=m):
+            """Block m's detached loss as a function of its own flattened parameters."""
+            return detached_block_losses(net, dict(W, **{name: unflat(v)}), trace, targets)[m]
+
         nm.check_grad(own, np.concatenate([grads[name][k].ravel() for k in W[name]]), vec, rtol=1e-6)
 
 

@@ -52,7 +52,9 @@ def _assert_same_run(ref_dir, run_dir):
     for key in ("W", "omega", "forward_opt", "feedback_opt"):
         _assert_identical(p_ref[key], p[key], key)
     assert (h["epoch"], h["step"], h["global_step"]) == (h_ref["epoch"], h_ref["step"], h_ref["global_step"])
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
     assert strip(p["history"]) == strip(p_ref["history"]), "metrics differ from the uninterrupted run"
 
 
@@ -108,7 +110,7 @@ def test_fresh_run_refuses_an_existing_checkpoint(tmp_path, reference, capsys):
 def test_divergence_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
     real, seen = run_module.train_step, {}
 
-    def exploding(cfg, net, state, x, labels, lr):  # an infinite lr at epoch 1, step 3
+    def exploding(cfg, net, state, x, labels, lr):  # an infinite lr in epoch 2, step 4 (1-based)
         if state.global_step == 8 + 3:
             seen["bytes"] = (out / "checkpoint.h5").read_bytes()
             lr = float("inf")
@@ -117,7 +119,9 @@ def test_divergence_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, monkey
     out = tmp_path / "run"
     assert main([*SHORT, "--out", str(out)]) == 3
     err = capsys.readouterr().err
-    assert "diverged" in err and "epoch 1 step 3" in err, err
+    assert "diverged in epoch 2/" in err and ", step 4 (global step 12)" in err, err
+    assert "index" not in err and "epoch 1 step 3" not in err, f"0-based numbering leaked: {err}"
+    assert "at the end of epoch 1" in err, f"the kept checkpoint, 1-based: {err}"
     assert any(f"{block}." in err for block in ("conv_0", "conv_1", "fc")), f"no block named: {err}"
     assert (out / "checkpoint.h5").read_bytes() == seen["bytes"], "the last good checkpoint changed"
     header, payload = _checkpoint(out)
@@ -125,7 +129,7 @@ def test_divergence_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, monkey
     assert all(np.isfinite(a).all() for p in payload["W"].values() for a in p.values())
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "diverged" and report["exit_code"] == 3
-    assert "epoch 1 step 3" in report["message"], report["message"]
+    assert "epoch 2 step 4" in report["message"], report["message"]
 
 
 def test_out_of_memory_suggests_a_smaller_batch(tmp_path, monkeypatch, capsys):
@@ -158,7 +162,7 @@ def test_diagnostics_and_validation_are_logged(tmp_path, capsys):
         assert 0 <= row[f"dtp_bp_angle/{block}"] <= 180, row
     for block in ("conv_1", "fc"):
         assert np.isfinite(row[f"jmc_error/{block}"]) and row[f"jmc_error/{block}"] > 0, row
-    # At the output block the scaled DTP update is the BP gradient (algorithm.md 5.6 #5).
+    # At the output block the scaled DTP update is the BP gradient (docs/theory.md §4.2).
     assert row["dtp_bp_angle/fc"] < 0.5, row
     assert 0 <= row["val_top1"] <= 1 and "val_top1" in json.loads((out / "report.json").read_text())["final"]
     assert "val top-1" in capsys.readouterr().out

@@ -51,10 +51,11 @@ def test_the_expected_claims_are_registered():
             "ldrl-linear-monte-carlo-rate", "ldrl-small-sigma-expansion", "ldrl-reaches-jmc",
             "jmc-implies-gradient-matching", "exact-output-layer", "ldrl-bp-aligned-end-to-end",
             "dtp-update-decreases-loss", "vgg-conv-jmc-floor", "ldrl-maxpool-noisy-routing-floor",
-            "backend-parity"}
+            "backend-parity", "ldrl-plans-match-reference"}
     assert mine <= set(CLAIMS), sorted(mine - set(CLAIMS))
     for c in CLAIMS.values():
-        assert c.statement and c.source and c.kind in ("exact", "rate", "statistical", "angle"), c
+        assert c.statement and c.source, c
+        assert c.kind in ("exact", "first-order", "rate", "statistical", "angle", "measurement"), c
 
 
 @pytest.mark.parametrize("cid", IDS)
@@ -264,18 +265,20 @@ def test_kink_margin_sees_relu_and_pool_ties():
     assert nets.kink_margin(block, W, x) == pytest.approx(0.1)
 
 
-def test_parity_mismatch_compares_trees():
+def test_parity_compare_scales_each_group_by_its_largest_entry():
     a = {"x": np.array([1.0, 2.0]), "y": [3.0, {"z": 1e-14}]}
     b = {"x": np.array([1.0, 2.0 + 2e-6]), "y": [3.0, {"z": 2e-14}]}
-    assert parity.mismatch(a, b, atol=1e-6) == pytest.approx(1e-6, rel=1e-3)  # z: 1e-14 apart, below atol
-    assert parity.mismatch(a, b, atol=1e-16) == pytest.approx(0.5)  # z compared relatively
+    res = parity.compare(a, b, parity.Tolerance(rtol=1e-6, atol=1e-6))
+    assert res["groups"]["x"] == pytest.approx(0.5, rel=1e-5)  # 2e-6 / (1e-6 * 2 + 1e-6 * 2)
+    assert res["groups"]["y"] < 1e-7  # z: round-off next to 3.0 in its group, not compared relatively
+    assert res["ratio"] == res["groups"]["x"] and res["worst_group"] == "x"
     with pytest.raises(ValueError, match="differ"):
-        parity.mismatch(a, {"x": a["x"]})
+        parity.compare(a, {"x": a["x"]}, parity.LIBRARY_TOL)
 
 
 def test_parity_library_numbers_are_deterministic_on_numpy():
     nums = parity.library_numbers(Context())
-    assert parity.mismatch(nums, parity.library_numbers(Context())) == 0.0
+    assert parity.compare(nums, parity.library_numbers(Context()), parity.LIBRARY_TOL)["ratio"] == 0.0
     assert len(nums) > 20 and "logits" in nums
 
 

@@ -1,9 +1,9 @@
 """Shared set-up of the Gauss-Newton / DRL claims: small problems, constants, helpers.
 
-Networks (theory.md 5.1): M1 = 6-5-4-3 tanh with a linear output, M2 = the
+Networks (docs/theory.md §1.3): M1 = 6-5-4-3 tanh with a linear output, M2 = the
 same widths, linear; M3 = 4-4-4-4 tanh with W = I + small random; "M1t" = M1
 with a tanh output. Feedback is layer-wise linear, G_n(y) = V_n y + c_n
-(:func:`refdtp.gn_oracles.linear_feedback_mlp`), unless stated. Output loss
+(:func:`refdtp.theory.oracles.linear_feedback_mlp`), unless stated. Output loss
 1/2-MSE with random regression targets: e_b = s_N^b - y_b. Weights are
 PyTorch's default init; data float64, drawn on the host, moved to ctx.backend.
 """
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refdtp import gauss_newton as gn
-from refdtp import gn_oracles as oracles
 from refdtp.metrics import relative_distance
 from refdtp.numerical import fitted_slope
+from refdtp.theory import gauss_newton as gn
+from refdtp.theory import oracles
 
 M1, M3 = (6, 5, 4, 3), (4, 4, 4, 4)
 SIGMAS = [1e-1, 3e-2, 1e-2, 3e-3, 1e-3]
@@ -61,5 +61,3 @@ def composite_error(p: Problem, omega: dict, n: int, lam: float) -> float:
 
 def _loglog_fit(xs, ys) -> float:
     return fitted_slope(xs, ys) if all(y > 0 for y in ys) else float("nan")
-
-

@@ -4,7 +4,7 @@ Everything is drawn on the host in float64 from the claim context's seeded
 streams and moved to the context's backend with ``ctx.to`` / ``ctx.tree``, so
 a claim measures the same numbers (to round-off) on NumPy and on CuPy.
 
-Networks (theory.md 5.1): ``m1`` (6-5-4-3 tanh MLP), ``c1`` (conv -> avg-pool
+Networks (docs/theory.md §1.3): ``m1`` (6-5-4-3 tanh MLP), ``c1`` (conv -> avg-pool
 -> tanh, exact JMC possible), ``tiny_vgg`` (the paper's SimpleVGG blocks with
 4 channels), ``tiny_lenet`` (LeNet's overlapping pools on a 4x4 input).
 """
@@ -14,10 +14,12 @@ import math
 
 import numpy as np
 
-from refdtp import feedback, networks
+from refdtp import feedback, ldrl, networks
 from refdtp.backend import to_host
+from refdtp.numerical import host64
 from refdtp.ops import Act, Linear, MaxPool2d
 from refdtp.optim import SGD
+from refdtp.theory.oracles import antithetic_design
 
 F64 = np.float64
 
@@ -25,12 +27,12 @@ F64 = np.float64
 # -- networks and data --------------------------------------------------------
 
 def m1(feedback_kind: str = "jmc", activation: str = "tanh"):
-    """theory.md M1: 6-5-4-3, tanh hidden, linear output."""
+    """M1 (docs/theory.md §1.3): 6-5-4-3, tanh hidden, linear output."""
     return networks.mlp((6, 5, 4, 3), activation, feedback=feedback_kind)
 
 
 def c1(feedback_kind: str = "jmc"):
-    """theory.md C1: 1x6x6 -> conv 3x3 (2 ch) -> avg-pool 2 -> tanh -> conv -> tanh -> dense 3."""
+    """C1 (docs/theory.md §1.3): 1x6x6 -> conv 3x3 (2 ch) -> avg-pool 2 -> tanh -> conv -> tanh -> dense 3."""
     return networks.small_convnet(pool="avg", pool_first=True, feedback=feedback_kind)
 
 
@@ -76,7 +78,7 @@ def block_inputs(net, W: dict, x) -> dict:
     return {b.name: trace.s[n] for n, b in enumerate(net.blocks)}
 
 
-# -- kinks (theory.md pitfall 2) ----------------------------------------------
+# -- kinks (docs/theory.md §9) ----------------------------------------------
 
 def kink_margin(block, W: dict, x) -> float:
     """Distance of a block's forward pass from its nearest kink (host float64).
@@ -86,9 +88,9 @@ def kink_margin(block, W: dict, x) -> float:
     inf for a smooth block. Finite differences need this well above the step.
     """
     margin = math.inf
-    h = np.asarray(to_host(x), F64)
+    h = host64(x)
     for op in block.F.ops:
-        p = {k: np.asarray(to_host(v), F64) for k, v in W.items()} if op.has_params else {}
+        p = {k: host64(v) for k, v in W.items()} if op.has_params else {}
         if isinstance(op, Act) and op.act.name.split("(")[0] in ("relu", "leaky_relu", "elu"):
             margin = min(margin, float(np.abs(h).min()))
         if isinstance(op, MaxPool2d):
@@ -118,19 +120,6 @@ def smooth_batch(rng, net, W: dict, B: int, margin: float = 1e-4, tries: int = 5
 
 
 # -- noise designs -----------------------------------------------------------
-
-def antithetic_design(shape: tuple, sigma: float) -> np.ndarray:
-    """(2n, *shape) rows +-sigma e_k, n = prod(shape) (theory.md 5.4).
-
-    Summed over the rows, dx dx^T = 2 sigma^2 I exactly and all odd moments
-    vanish: half the sum of a polynomial of degree <= 3 over the rows is its
-    expectation under N(0, sigma^2 I), so only the O(sigma^4) terms of a
-    smooth function differ (theory.md 5.4, "noise design for deterministic tests").
-    """
-    n = math.prod(shape)
-    eye = sigma * np.eye(n)
-    return np.concatenate([eye, -eye]).reshape((2 * n,) + tuple(shape))
-
 
 def tiled(x: np.ndarray, design: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(x repeated once per design row, the design tiled once per sample): both (B*S, ...)."""
@@ -164,11 +153,11 @@ def ldrl_expected(ctx, block, W: dict, omega: dict, x: np.ndarray, sigma: float,
         zeros_in = ctx.xp.zeros_like(xs)
         eps, eta = (ctx.to(design), ctx.xp.zeros_like(y)) if side == "eps" else (zeros_in, ctx.to(design))
         if what == "loss":
-            part = n * float(to_host(feedback.ldrl_loss(block, Wd, od, xs, y, route, eps, eta)))
+            part = n * float(to_host(ldrl.ldrl_loss(block, Wd, od, xs, y, route, eps, eta)))
             total = part if total is None else total + part
             continue
-        u = feedback.ldrl_constants(block, y, route)
-        g, _ = feedback.ldrl_grads_fused(block, Wd, od, xs, y, route, u, eps, eta)
+        u = ldrl.ldrl_constants(block, y, route)
+        g, _ = ldrl.ldrl_grads_fused(block, Wd, od, xs, y, route, u, eps, eta)
         g = {k: n * v for k, v in g.items()}
         total = g if total is None else {k: total[k] + g[k] for k in g}
     return total
@@ -189,7 +178,7 @@ def quadratic_minimiser(grad_fn, omega: dict, key: str = "weight") -> dict:
     def g(vec):
         om = dict(omega)
         om[key] = vec.reshape(w.shape)
-        return np.asarray(to_host(grad_fn(om)[key]), F64).ravel()
+        return host64(grad_fn(om)[key]).ravel()
 
     g0 = g(np.zeros(P))
     H = np.empty((P, P))
@@ -206,7 +195,7 @@ def quadratic_minimiser(grad_fn, omega: dict, key: str = "weight") -> dict:
 
 def _grads(kind, block, Wd, od, x, y, route, u, eps, eta):
     if kind == "ldrl":
-        return feedback.ldrl_grads_fused(block, Wd, od, x, y, route, u, eps, eta)[0]
+        return ldrl.ldrl_grads_fused(block, Wd, od, x, y, route, u, eps, eta)[0]
     return feedback.dtp_grads(block, Wd, od, x, eps)[0]
 
 
@@ -225,13 +214,13 @@ def curvature(ctx, kind: str, block, W: dict, omega: dict, x: np.ndarray, sigma:
     y, cache = block.forward(Wd, xd)
     route = block.route(cache)
     eta = ctx.to(sigma * rng.standard_normal(tuple(y.shape)))
-    u = feedback.ldrl_constants(block, y, route) if kind == "ldrl" else None
+    u = ldrl.ldrl_constants(block, y, route) if kind == "ldrl" else None
     base = {k: np.asarray(v, F64) for k, v in omega.items()}
     g0 = _grads(kind, block, Wd, ctx.tree(base), xd, y, route, u, eps, eta)
 
     def hv(v: dict) -> dict:
         g1 = _grads(kind, block, Wd, ctx.tree({k: base[k] + v[k] for k in base}), xd, y, route, u, eps, eta)
-        return {k: np.asarray(to_host(g1[k] - g0[k]), F64) for k in base}
+        return {k: host64(g1[k] - g0[k]) for k in base}
 
     v = {k: rng.standard_normal(a.shape) for k, a in base.items()}
     lam = 0.0
@@ -249,7 +238,7 @@ def train_feedback(ctx, kind: str, block, W: dict, omega: dict, x: np.ndarray, s
                    momentum: float = 0.0) -> tuple[dict, list]:
     """SGD on one block's feedback loss with fresh Gaussian noise, with iterate averaging.
 
-    kind "ldrl": :func:`refdtp.feedback.ldrl_grads_fused` (Ernoult et al.
+    kind "ldrl": :func:`refdtp.ldrl.ldrl_grads_fused` (Ernoult et al.
     2022); "dtp": :func:`refdtp.feedback.dtp_grads` (vanilla DTP
     reconstruction). Steps use :class:`refdtp.optim.SGD` with
     lr = lr_scale / lambda_max (:func:`curvature`), so the same code works
@@ -270,7 +259,7 @@ def train_feedback(ctx, kind: str, block, W: dict, omega: dict, x: np.ndarray, s
     Wd, xd = ctx.tree(W), ctx.to(x)
     y, cache = block.forward(Wd, xd)
     route = block.route(cache)
-    u = feedback.ldrl_constants(block, y, route) if kind == "ldrl" else None
+    u = ldrl.ldrl_constants(block, y, route) if kind == "ldrl" else None
     om, state = ctx.tree(omega), opt.init_state(omega)
     marks = sorted(set(int(c) for c in checkpoints) | {steps})
     sums, history = {}, []  # sums[mark] accumulates iterates mark/2 < t <= mark
@@ -290,4 +279,4 @@ def train_feedback(ctx, kind: str, block, W: dict, omega: dict, x: np.ndarray, s
 
 
 def _mean(total: dict, count: int) -> dict:
-    return {k: np.asarray(to_host(v), F64) / count for k, v in total.items()}
+    return {k: host64(v) / count for k, v in total.items()}

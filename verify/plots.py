@@ -10,8 +10,8 @@ import os
 import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: works without a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def _save(fig, directory: str, name: str) -> str:

@@ -8,14 +8,14 @@ scalingDTP's `theorem_test.py`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import numpy as np
 
 from refdtp.backend import VERIFY_DTYPE, get_xp, host_rng, to_backend, to_host
 
-KINDS = ("exact", "rate", "statistical", "angle")
+KINDS = ("exact", "first-order", "rate", "statistical", "angle")
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class Threshold:
     bound: object
 
     def holds(self, value: float) -> bool:
+        if self.op == "measurement":  # information only: never a pass condition
+            return True
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return False
         if self.op == "in":
@@ -34,9 +36,24 @@ class Threshold:
                 "<": value < self.bound, ">": value > self.bound}[self.op]
 
     def __str__(self) -> str:
+        if self.op == "measurement":
+            return "(measurement)"
         if self.op == "in":
             return f"in [{self.bound[0]:g}, {self.bound[1]:g}]"
         return f"{self.op} {self.bound:g}"
+
+
+def jsonable(x, nonfinite=str):
+    """x with dicts, lists and arrays turned into JSON types; a NaN or inf float becomes ``nonfinite(x)``."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v, nonfinite) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v, nonfinite) for v in x]
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, float) and not math.isfinite(x):
+        return nonfinite(x)
+    return x
 
 
 def worst(values, pick=max) -> float:
@@ -71,6 +88,11 @@ def within(lo, hi):
     return Threshold("in", (lo, hi))
 
 
+def measurement():
+    """No threshold: the number is reported as information (kind "measurement"), never judged."""
+    return Threshold("measurement", None)
+
+
 @dataclass
 class Check:
     """One measured number and its threshold."""
@@ -89,7 +111,7 @@ class Outcome:
     """What a claim's run returns: its checks and any extra numbers (for --json/--plots)."""
     checks: list
     data: dict = field(default_factory=dict)
-    skipped: Optional[str] = None  # reason, when the claim cannot run here
+    skipped: str | None = None  # reason, when the claim cannot run here
 
     @property
     def passed(self) -> bool:
@@ -148,13 +170,13 @@ class Claim:
     source: str
     kind: str
     run: Callable
-    plot: Optional[Callable] = None
+    plot: Callable | None = None
 
 
 CLAIMS: dict = {}
 
 
-def claim(id: str, statement: str, source: str, kind: str, plot: Optional[Callable] = None):
+def claim(id: str, statement: str, source: str, kind: str, plot: Callable | None = None):
     """Decorator registering ``run(ctx) -> Outcome`` as a claim."""
     if kind not in KINDS:
         raise ValueError(f"claim {id}: kind must be one of {KINDS}, got {kind!r}")

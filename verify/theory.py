@@ -17,12 +17,12 @@ import traceback
 from refdtp.backend import blas_threads
 
 from . import claims as _claims  # noqa: F401  (registers the claims)
-from .registry import CLAIMS, Context, Outcome
-
+from .registry import CLAIMS, Context, Outcome, jsonable
 
 #: Table order by claim module: derivatives first, then L-DRL, gradient matching, the
-#: paper's blocks, Gauss-Newton / DRL, backend parity; other modules follow in import order.
-MODULE_ORDER = ("primitives", "ldrl", "gradient_matching", "architecture", "gauss_newton", "drl", "parity")
+#: paper's blocks, Gauss-Newton / DRL, FW-DTP / DDTP (family), backend parity; others follow.
+MODULE_ORDER = ("primitives", "ldrl", "gradient_matching", "architecture", "gauss_newton", "drl", "family",
+                "parity")
 
 
 def ordered_ids() -> list:
@@ -72,7 +72,7 @@ def print_table(rows: list, out=None) -> None:
     table = [header] + rows
     widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
     for i, r in enumerate(table):
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
         if i == 0:
             print("  ".join("-" * w for w in widths), file=out)
 
@@ -84,19 +84,14 @@ def outcome_rows(claim, outcome: Outcome, seconds: float) -> list:
         last = outcome.data.get("error", "no checks").strip().splitlines()[-1]
         return [(claim.id, "error", "-", "-", f"FAIL ({last[:80]})", f"{seconds:.1f}")]
     return [(claim.id, c.name, _fmt(c.value) + c.unit, str(c.threshold),
-             "PASS" if c.passed else "FAIL", f"{seconds:.1f}") for c in outcome.checks]
+             _result(c), f"{seconds:.1f}") for c in outcome.checks]
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return x
+def _result(check) -> str:
+    """PASS / FAIL, or INFO for a measurement (reported, never judged)."""
+    if check.threshold.op == "measurement":
+        return "INFO"
+    return "PASS" if check.passed else "FAIL"
 
 
 def write_json(path: str, ctx: Context, results: list) -> None:
@@ -106,11 +101,12 @@ def write_json(path: str, ctx: Context, results: list) -> None:
             "id": claim.id, "statement": claim.statement, "source": claim.source, "kind": claim.kind,
             "passed": outcome.passed, "skipped": outcome.skipped, "seconds": seconds,
             "checks": [{"name": c.name, "value": c.value, "threshold": str(c.threshold),
-                        "passed": c.passed} for c in outcome.checks],
+                        "passed": None if c.threshold.op == "measurement" else c.passed}
+                       for c in outcome.checks],
             "data": outcome.data})
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(_jsonable(doc), f, indent=1)
+        json.dump(jsonable(doc), f, indent=1)
     os.replace(tmp, path)
 
 
@@ -136,7 +132,7 @@ def main(argv=None) -> int:
         print(f"unknown claim(s) {unknown}; valid: {sorted(CLAIMS)}", file=sys.stderr)
         return 2
     ctx = Context(backend=args.backend, seed=args.seed, quick=not args.full)
-    ctx.xp  # fail early with a clear message if the backend is unavailable
+    _ = ctx.xp  # fail early with a clear message if the backend is unavailable
     results, rows = [], []
     with blas_threads(args.blas_threads):
         for cid in ids:

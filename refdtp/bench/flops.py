@@ -10,7 +10,7 @@ input gradient each cost C_n too. Elementwise work (activations, pooling,
 noise) is not counted: it is O(1/k^2 C_in) of the GEMM work.
 
 BP step:     forward sum_n C_n + weight gradients sum_n C_n + input gradients sum_{n>=2} C_n.
-L-DRL step (refdtp's fused form, refdtp.feedback.ldrl_grads_fused):
+L-DRL step (refdtp's fused form, refdtp.ldrl.ldrl_grads_fused):
     forward pass sum_n C_n;
     per feedback iteration of block n >= 2: F(x+eps) C_n, G's weight layer on
     du_eta C_n, one weight gradient on the stacked pair 2 C_n -> 4 C_n, plus
@@ -42,12 +42,12 @@ def bp_step_flops(net: Network, batch: int) -> int:
 
 def ldrl_step_flops(net: Network, batch: int, iterations: list[int]) -> int:
     C = weight_layer_flops(net, batch)
-    return 2 * sum(C) + sum((4 * k + 2) * c for k, c in zip(iterations, C[1:]))
+    return 2 * sum(C) + sum((4 * k + 2) * c for k, c in zip(iterations, C[1:], strict=True))
 
 
 def ldrl_peer_step_flops(net: Network, batch: int, iterations: list[int]) -> int:
     C = weight_layer_flops(net, batch)
-    return 3 * sum(C) + sum((8 * k + 2) * c for k, c in zip(iterations, C[1:]))
+    return 3 * sum(C) + sum((8 * k + 2) * c for k, c in zip(iterations, C[1:], strict=True))
 
 
 def gemm_flops(n: int) -> int:

@@ -7,6 +7,11 @@ backward through them; per-block SGD optimisers; targets under no_grad;
 block-local forward losses with detached inputs. float32, same shapes,
 iterations and noise scales as refdtp's step. PyTorch is never a dependency
 of refdtp: this module is imported only by ``python -m refdtp.bench --peer torch``.
+
+Two variants (:data:`VARIANTS`): "official" as above, and "competent", which
+keeps the clean pool indices of the first forward pass instead of re-running
+F(x) every feedback iteration (nothing else changed). TF32 is switched off
+(:func:`configure`): refdtp computes in true float32, so must the peer.
 """
 from __future__ import annotations
 
@@ -68,6 +73,10 @@ class PeerStep:
             idx.append(i)
         return s, idx
 
+    def _clean_indices(self, n: int, xn, first_pass):
+        """The official code re-runs F(x) to restore the clean pool indices."""
+        return self.net.block(n, xn)[1]
+
     def ldrl(self, x, labels):
         net, B = self.net, x.shape[0]
         with torch.no_grad():
@@ -78,7 +87,7 @@ class PeerStep:
                 eps, eta = torch.randn_like(xn) * sigma, torch.randn_like(yn) * sigma
                 with torch.no_grad():
                     y_noisy, i_noisy = net.block(n, xn + eps)
-                    _, i_clean = net.block(n, xn)
+                    i_clean = self._clean_indices(n, xn, idx[n])
                 r = net.feedback(n, yn, i_clean)
                 loss = (-2 * (eps * (net.feedback(n, y_noisy, i_noisy) - r)).sum()
                         + ((net.feedback(n, yn + eta, i_clean) - r) ** 2).sum()) / B
@@ -105,14 +114,33 @@ class PeerStep:
         self.opt.step()
 
 
+class CompetentPeerStep(PeerStep):
+    """The same step, keeping the first forward pass's clean pool indices (no F(x) re-run)."""
+
+    def _clean_indices(self, n: int, xn, first_pass):
+        return first_pass
+
+
+VARIANTS = {"official": PeerStep, "competent": CompetentPeerStep}
+
+
+def configure() -> None:
+    """True float32 on the GPU: no TF32 in cuDNN convolutions or cuBLAS matmuls."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def device_for(backend: str) -> str:
     """The torch device matching a refdtp backend ("cupy" -> CUDA)."""
     return "cuda" if backend == "cupy" else "cpu"
 
 
-def make_peer(channels, num_classes, iterations, sigmas, fb_lrs, seed=0, device="cpu") -> PeerStep:
-    return PeerStep(PeerSimpleVGG(channels, num_classes, seed=seed, device=device),
-                    iterations, sigmas, fb_lrs)
+def make_peer(channels, num_classes, iterations, sigmas, fb_lrs, seed=0, device="cpu",
+              variant: str = "official") -> PeerStep:
+    """A peer step ("official" or "competent") on its own copy of the network."""
+    configure()
+    return VARIANTS[variant](PeerSimpleVGG(channels, num_classes, seed=seed, device=device),
+                             iterations, sigmas, fb_lrs)
 
 
 def as_tensors(x, labels, device="cpu"):
@@ -125,9 +153,16 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def peak_memory_bytes(device: str):
-    """Peak CUDA memory allocated by PyTorch, or None on the CPU."""
-    return torch.cuda.max_memory_allocated() if device == "cuda" else None
+def step_peak_bytes(step, device: str):
+    """Peak CUDA memory allocated by PyTorch during one ``step()`` (stats reset first), or None on the CPU."""
+    if device != "cuda":
+        step()
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
 
 
 def threads() -> int:

@@ -20,17 +20,36 @@ diagnostic. Tolerance rule: ``|a - n| <= atol + rtol*|n|`` elementwise and
 ``eps = 1e-6``: round-off ~ ``2e-16*|f|/eps = 2e-10*|f|``, truncation ~
 ``eps**2/6*|f'''|``; ~100x headroom, yet a derivative off by 5e-4 relative fails.
 """
-from .checks import (check_grad, check_jacobian, check_jvp, check_vjp, grad_error, jacobian_error,
-                     jvp_error, vjp_error)
-from .core import (ATOL, EPS, RTOL, CheckResult, NondifferentiableError, as_float64_host,
-                   assert_allclose, flat_params, relative_error, unit_vector)
+from .checks import (
+    check_grad,
+    check_jacobian,
+    check_jvp,
+    check_vjp,
+    grad_error,
+    jacobian_error,
+    jvp_error,
+    vjp_error,
+)
+from .core import (
+    ATOL,
+    EPS,
+    RTOL,
+    CheckResult,
+    NondifferentiableError,
+    as_float64_host,
+    assert_allclose,
+    flat_params,
+    host64,
+    relative_error,
+    unit_vector,
+)
 from .differences import numerical_grad, numerical_jacobian, numerical_jvp
 from .rates import TaylorResult, check_taylor, fitted_slope, taylor_rates
 
 __all__ = [
     "ATOL", "EPS", "RTOL", "CheckResult", "NondifferentiableError", "TaylorResult",
     "as_float64_host", "assert_allclose", "check_grad", "check_jacobian", "check_jvp",
-    "check_taylor", "check_vjp", "fitted_slope", "flat_params", "grad_error", "jacobian_error",
+    "check_taylor", "check_vjp", "fitted_slope", "flat_params", "grad_error", "host64", "jacobian_error",
     "jvp_error", "numerical_grad", "numerical_jacobian", "numerical_jvp", "relative_error",
     "taylor_rates", "unit_vector", "vjp_error",
 ]

@@ -8,9 +8,22 @@ import numpy as np
 
 from refdtp.backend import to_host
 
-from .core import (_F64, ATOL, EPS, RTOL, CheckResult, _compare, _Evaluator, _name,
-                   _raise_if_failed, _readonly, as_float64_host, unit_vector)
+from .core import (
+    _F64,
+    ATOL,
+    EPS,
+    RTOL,
+    CheckResult,
+    _compare,
+    _Evaluator,
+    _name,
+    _raise_if_failed,
+    _readonly,
+    as_float64_host,
+    unit_vector,
+)
 from .differences import _directional, numerical_grad, numerical_jacobian
+
 
 def _analytic(value, shape, what, allow, problems, reshape=False) -> np.ndarray:
     """Host float64 copy of an analytic result; shape/dtype faults go to ``problems``."""
@@ -171,6 +184,3 @@ def check_grad(f_scalar, grad, x, **options) -> CheckResult:
 def check_jacobian(jac, f, x, **options) -> CheckResult:
     """:func:`jacobian_error`; AssertionError with the diagnostic unless it passed."""
     return _raise_if_failed(jacobian_error(jac, f, x, **options), "check_jacobian")
-
-
-# ---------------------------------------------------------------- Taylor test, rates

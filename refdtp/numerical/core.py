@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -72,6 +72,11 @@ class CheckResult:
 
 
 # ---------------------------------------------------------------- helpers
+
+def host64(x) -> np.ndarray:
+    """A float64 NumPy array of ``x`` (from either backend); NaN and inf pass through."""
+    return np.asarray(to_host(x), dtype=np.float64)
+
 
 def as_float64_host(x, what: str = "x") -> np.ndarray:
     """Private finite float64 NumPy copy of ``x``; TypeError if complex, ValueError on NaN/inf."""
@@ -148,18 +153,20 @@ def flat_params(params: dict) -> tuple[np.ndarray, Callable[[np.ndarray], dict]]
     vec = np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0)
 
     def unflatten(v) -> dict:
-        v = np.asarray(to_host(v), dtype=np.float64).reshape(-1)
+        v = host64(v).reshape(-1)
         if v.size != vec.size:
             raise ValueError(f"unflatten: expected {vec.size} values, got {v.size}")
-        return {k: p.reshape(a.shape) for k, p, a in zip(keys, np.split(v, splits), arrays)}
+        if not keys:  # np.split of an empty vector still gives one (empty) piece
+            return {}
+        return {k: p.reshape(a.shape) for k, p, a in zip(keys, np.split(v, splits), arrays, strict=True)}
 
     return vec, unflatten
 
 
 def relative_error(a, b) -> float:
     """Norm-wise relative error ``||a - b|| / max(||a||, ||b||, tiny)``, in float64."""
-    a = np.asarray(to_host(a), dtype=np.float64).ravel()
-    b = np.asarray(to_host(b), dtype=np.float64).ravel()
+    a = host64(a).ravel()
+    b = host64(b).ravel()
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, reported as such
         return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), np.linalg.norm(b), _TINY))
 
@@ -214,6 +221,3 @@ def assert_allclose(actual, expected, *, rtol: float = RTOL, atol: float | None 
             f"  tolerance atol + rtol*|expected| = {r.atol:.6g} + {rtol:g}*"
             f"{abs(r.numeric):.6g} = {r.atol + rtol * abs(r.numeric):.6g}\n"
             f"  max_abs={r.max_abs:.6g} norm_rel={r.norm_rel:.6g}")
-
-
-# ---------------------------------------------------------------- finite differences

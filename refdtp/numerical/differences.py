@@ -7,6 +7,7 @@ from refdtp.backend import to_host
 
 from .core import _KINK_RTOL, _MACH, _T5, EPS, NondifferentiableError, _Evaluator, as_float64_host
 
+
 def _detect_kink(ys: list, where: str, step: float) -> None:
     """Chainer's ``detect_nondifferentiable``: fit a quadratic to the 5 samples.
 
@@ -129,6 +130,3 @@ def numerical_grad(f_scalar, x, eps: float = EPS, *, stencil: int = 3,
     if jac.shape[0] != 1:
         raise ValueError(f"numerical_grad: f returned {jac.shape[0]} values, not a scalar")
     return jac.reshape(np.shape(to_host(x)))
-
-
-# ---------------------------------------------------------------- checks

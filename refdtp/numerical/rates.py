@@ -6,9 +6,8 @@ import math
 
 import numpy as np
 
-from refdtp.backend import to_host
+from .core import _MACH, _Evaluator, _name, as_float64_host, host64
 
-from .core import _MACH, _Evaluator, _name, as_float64_host
 
 @dataclasses.dataclass(frozen=True)
 class TaylorResult:
@@ -63,7 +62,7 @@ def check_taylor(f, x, h, df_h, eps_list=None, *, min_rate: float = 1.9,
     r = taylor_rates(f, x, h, df_h, eps_list, **options)
     if not (r.at_noise_floor or r.min_rate >= min_rate):
         rows = "\n".join(f"  eps={e:.4g}  R0={a:.4g}  R1={b:.4g}"
-                         for e, a, b in zip(r.eps, r.r0, r.r1))
+                         for e, a, b in zip(r.eps, r.r0, r.r1, strict=True))
         raise AssertionError(
             f"check_taylor failed for {name or _name(f)!r}: first-order remainder rate "
             f"{r.min_rate:.3f} < {min_rate} (R1 rates {[round(v, 3) for v in r.rates1]}, "
@@ -76,8 +75,8 @@ def fitted_slope(xs, ys) -> float:
 
     Raises ValueError for fewer than 2 points or non-positive/non-finite values.
     """
-    xs = np.asarray(to_host(xs), dtype=np.float64).ravel()
-    ys = np.abs(np.asarray(to_host(ys), dtype=np.float64)).ravel()
+    xs = host64(xs).ravel()
+    ys = np.abs(host64(ys)).ravel()
     if xs.size != ys.size or xs.size < 2:
         raise ValueError(f"fitted_slope needs >= 2 paired points, got {xs.size} and {ys.size}")
     if not (np.all(xs > 0) and np.all(ys > 0) and np.all(np.isfinite(xs * ys))):

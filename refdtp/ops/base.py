@@ -13,7 +13,8 @@ op and the expected shape.
 from __future__ import annotations
 
 import abc
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,7 @@ class Op(abc.ABC):
         """J_p dp, the derivative along a parameter direction, shape of y."""
         raise TypeError(f"{self.name} has no parameters")
 
-    def inverted(self) -> "Op":
+    def inverted(self) -> Op:
         """The paper's feedback counterpart (scalingDTP `invert`), mapping y-space to x-space."""
         raise TypeError(f"{self.name} has no feedback counterpart")
 
@@ -118,7 +119,7 @@ class Chain:
     def __init__(self, ops: Sequence[Op], where: str):
         self.ops = tuple(ops)
         self.where = where
-        for a, b in zip(self.ops, self.ops[1:]):
+        for a, b in zip(self.ops, self.ops[1:], strict=False):  # consecutive pairs: one shorter
             if tuple(a.out_shape) != tuple(b.in_shape):
                 raise ValueError(f"{where}: {a!r} does not connect to {b!r}")
         owners = [i for i, op in enumerate(self.ops) if op.has_params]

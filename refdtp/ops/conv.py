@@ -8,11 +8,20 @@ convolution is an im2col + GEMM:
 
 im2col is one strided view of the padded input and one copy (the only loop
 is over kernel offsets in col2im, never over pixels, samples or channels).
-Its adjoint ``conv_transpose2d`` is what the feedback path G uses
+:func:`conv2d` lays the patches out per sample instead, col[b, (c, i, j), (h, w)],
+so that one batched GEMM W @ col[b] writes NCHW directly (no transpose copy
+after the GEMM), when the images are large enough (``PER_SAMPLE_MIN_PIXELS``);
+:func:`conv2d_weight_grad` keeps the (c i j, b h w) layout, whose contraction
+over (b, h, w) is one GEMM. Both copy the patches into a
+reused scratch buffer (:func:`scratch`) instead of a fresh allocation.
+The convolution's adjoint ``conv_transpose2d`` is what the feedback path G uses
 (ConvTranspose2d with the forward conv's weight layout, scalingDTP's
 `invert`), and what back-propagation uses for the input gradient.
 """
 from __future__ import annotations
+
+import math
+import threading
 
 from ..backend import array_module
 from .base import Op, check_input
@@ -44,15 +53,44 @@ def pad2d(x, p: int, out=None):
     return out
 
 
+#: Output pixels per sample from which :func:`conv2d` runs one GEMM per sample (NCHW out, no
+#: transpose copy). Below, the per-sample GEMMs get too thin: at batch 128, float32, 1 thread
+#: (loaded host) 3->128 @32x32 45 -> 26 ms, 128->128 @16x16 197 -> 158 ms, 128->256 @8x8 74 -> 69 ms,
+#: but 256->256 @4x4 35 -> 42 ms and 256->512 @2x2 19 -> 57 ms.
+PER_SAMPLE_MIN_PIXELS = 64
+
+#: One flat scratch buffer per thread and (array module, device), grown to the largest request
+#: (per thread: the feedback phases of the blocks run concurrently, refdtp.algorithms.feedback_phase).
+_SCRATCH = threading.local()
+
+
+def scratch(xp, shape: tuple, dtype):
+    """An uninitialised array viewing the reused scratch buffer of ``xp``'s current device.
+
+    Valid until the next call in the same thread: for operands consumed inside one function (im2col
+    columns read by a GEMM), never for results. Saves the page faults of a fresh
+    large allocation on NumPy (~30% of an im2col copy); the CuPy pool reuses anyway.
+    """
+    dtype = xp.dtype(dtype)
+    device = -1 if xp.__name__ == "numpy" else int(xp.cuda.get_device_id())
+    nbytes = math.prod(shape) * dtype.itemsize
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    buf = buffers.get((xp.__name__, device))
+    if buf is None or buf.size < nbytes:
+        buf = buffers[(xp.__name__, device)] = xp.empty(nbytes, dtype=xp.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
 def im2col(x, k: int, stride: int, padding: int, out=None):
     """Patches of x as columns.
 
     Args:
         x: (B, C, H, W).
         out: optional (C*k*k, B*Ho*Wo) destination, e.g. one half of a wider
-            buffer (any row stride; unit column stride).
+            buffer (any row stride; unit column stride); or a contiguous
+            (B, C*k*k, Ho*Wo) one for the per-sample layout col[b, (c, i, j), (h, w)].
     Returns:
-        col: (C*k*k, B*Ho*Wo), rows ordered (c, i, j), columns (b, h, w).
+        col: (C*k*k, B*Ho*Wo), rows ordered (c, i, j), columns (b, h, w); or ``out``.
     """
     return im2col_padded(pad2d(x, padding), k, stride, out)
 
@@ -72,6 +110,11 @@ def im2col_padded(xpad, k: int, stride: int, out=None):
         strides=(sc, sh, sw, sb, sh * stride, sw * stride))
     if out is None:
         return windows.reshape(C * k * k, B * Ho * Wo)  # copies
+    if out.ndim == 3:  # per-sample layout col[b, (c, i, j), (h, w)]
+        if out.shape != (B, C * k * k, Ho * Wo) or not out.flags.c_contiguous:
+            raise ValueError(f"im2col: out must be a contiguous ({B}, {C * k * k}, {Ho * Wo}) array")
+        out.reshape(B, C, k, k, Ho, Wo)[...] = windows.transpose(3, 0, 1, 2, 4, 5)
+        return out
     if out.shape != (C * k * k, B * Ho * Wo) or out.strides[1] != out.itemsize:
         raise ValueError(f"im2col: out must be ({C * k * k}, {B * Ho * Wo}) with unit column stride")
     r, c = out.strides
@@ -102,7 +145,7 @@ def col2im(col, x_shape: tuple, k: int, stride: int, padding: int):
     return xp.ascontiguousarray(out.transpose(1, 0, 2, 3))
 
 
-def _channels_first(y, B: int, Ho: int, Wo: int, bias=None):
+def channels_first(y, B: int, Ho: int, Wo: int, bias=None):
     """(C, B*Ho*Wo) GEMM output -> contiguous (B, C, Ho, Wo), adding a bias on the way."""
     xp = array_module(y)
     C = y.shape[0]
@@ -125,11 +168,18 @@ def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0):
     Returns:
         (B, C_out, Ho, Wo).
     """
-    C_out, _, k, _ = weight.shape
+    xp = array_module(x)
+    C_out, C_in, k, _ = weight.shape
     B, _, H, W = x.shape
-    y = weight.reshape(C_out, -1) @ im2col(x, k, stride, padding)  # (C_out, B*Ho*Wo)
     Ho, Wo = conv_output_size(H, k, stride, padding), conv_output_size(W, k, stride, padding)
-    return _channels_first(y, B, Ho, Wo, bias)
+    if Ho * Wo < PER_SAMPLE_MIN_PIXELS:
+        col = im2col(x, k, stride, padding, out=scratch(xp, (C_in * k * k, B * Ho * Wo), x.dtype))
+        return channels_first(weight.reshape(C_out, -1) @ col, B, Ho, Wo, bias)
+    col = im2col(x, k, stride, padding, out=scratch(xp, (B, C_in * k * k, Ho * Wo), x.dtype))
+    y = xp.matmul(weight.reshape(C_out, -1), col)  # (B, C_out, Ho*Wo): one GEMM per sample, NCHW
+    if bias is not None:
+        y += bias.reshape(1, C_out, 1)
+    return y.reshape(B, C_out, Ho, Wo)
 
 
 def conv_transpose2d(v, weight, bias=None, stride: int = 1, padding: int = 0, out_hw=None):
@@ -170,8 +220,9 @@ def conv2d_weight_grad(x, dy, k: int, stride: int = 1, padding: int = 0):
     Returns:
         (C_out, C_in, k, k).
     """
-    C_out, C_in = dy.shape[1], x.shape[1]
-    col = im2col(x, k, stride, padding)
+    C_out, (B, C_in, H, W) = dy.shape[1], x.shape
+    n = B * conv_output_size(H, k, stride, padding) * conv_output_size(W, k, stride, padding)
+    col = im2col(x, k, stride, padding, out=scratch(array_module(x), (C_in * k * k, n), x.dtype))
     dy_rows = dy.transpose(1, 0, 2, 3).reshape(C_out, -1)  # (C_out, B*Ho*Wo)
     return (dy_rows @ col.T).reshape(C_out, C_in, k, k)
 
@@ -236,7 +287,7 @@ class Conv2d(Op):
     def param_jvp(self, p, x, dp):
         return conv2d(x, dp["weight"], dp.get("bias"), self.stride, self.padding)
 
-    def inverted(self) -> "ConvTranspose2d":
+    def inverted(self) -> ConvTranspose2d:
         """ConvTranspose2d(C_out -> C_in) with its own weights, same layout and geometry."""
         return ConvTranspose2d(self.in_shape, self.c_out, self.k, self.stride, self.padding, self.bias)
 

@@ -37,6 +37,6 @@ class Act(Op):
 
     vjp = jvp  # diag(f'(a)) is symmetric.
 
-    def inverted(self) -> "Act":
+    def inverted(self) -> Act:
         """scalingDTP maps an activation to the *same* activation (not its inverse)."""
         return Act(self.out_shape, self.act)

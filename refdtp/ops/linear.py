@@ -75,6 +75,6 @@ class Linear(Op):
             dy = dy + dp["bias"]
         return dy
 
-    def inverted(self) -> "Linear":
+    def inverted(self) -> Linear:
         """Feedback Linear(n_out -> n_in) with its own weights V of shape (n_in, n_out)."""
         return Linear(self.n_out, self.n_in, bias=self.bias)

@@ -26,7 +26,7 @@ class Reshape(Op):
     def vjp(self, p, cache, dy):
         return dy.reshape((dy.shape[0],) + self.in_shape)
 
-    def inverted(self) -> "Reshape":
+    def inverted(self) -> Reshape:
         return Reshape(self.out_shape, self.in_shape)
 
 

@@ -9,6 +9,8 @@ from .cli import main
 from .evaluation import evaluate
 from .overrides import ConfigError, OverrideError, apply_overrides
 from .run import EXIT_CODES, RunOptions, train
+from .storage import StorageError
 
 __all__ = ["CheckpointError", "ConfigError", "EXIT_CODES", "OverrideError", "RunOptions",
-           "apply_overrides", "evaluate", "load_checkpoint", "main", "save_checkpoint", "train"]
+           "StorageError", "apply_overrides", "evaluate", "load_checkpoint", "main", "save_checkpoint",
+           "train"]

@@ -1,30 +1,40 @@
 """Command line of ``python -m refdtp.train``.
 
 Exit status: 0 done (or nothing to do), 2 bad input (unknown preset or key,
-wrong type, missing dataset, unusable backend, refused checkpoint), 3 the run
-diverged, 4 out of memory, 130 interrupted (a checkpoint was saved).
+wrong type, a value outside its declared domain, unusable ``--out``, missing
+dataset, unusable backend, refused checkpoint), 3 the run diverged, 4 out of
+memory, 5 no space left or an I/O error on the run directory's disk (the last
+checkpoint is intact), 130 interrupted (a checkpoint was saved). Every input is checked
+before anything is written; a bad one gives one ``error:`` line on stderr.
+
+Epochs and steps are numbered from 1 in every message (see
+:mod:`refdtp.training.epochs`). ``--epochs`` beyond the cosine schedule's
+``t_max + 1`` is allowed (the paper's runs do it) but prints a warning on
+stderr before training starts, since the learning rate then rises again.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
 from data_loaders import DataError
 
-from ..backend import BackendError, blas_threads
+from ..backend import BackendError
 from ..config import Config
-from ..presets import DESCRIPTIONS, PRESETS, get_preset
 from .checkpoint import CheckpointError
+from .data import absolute
 from .overrides import ConfigError, apply_overrides
+from .presets import DESCRIPTIONS, PRESETS, get_preset
 from .records import REPORT_NAME, read_config
 from .run import EXIT_CODES, RunOptions, train
+from .storage import StorageError
+from .usage import OneLineParser, usage_error
 
 DEFAULT_PRESET = "demo"
-EXIT_USAGE = 2
 
 EXAMPLES = """examples:
   python -m refdtp.train --preset demo --threads 1            # offline, under a minute on a CPU
@@ -32,13 +42,15 @@ EXAMPLES = """examples:
   python -m refdtp.train --preset cifar10-bp --backend cupy   # its backprop baseline
   python -m refdtp.train --preset cifar10-ldrl --steps 50 --epochs 1 --set channels=[32,32,64,64,128]
   python -m refdtp.train --preset demo --set feedback_sigma=[0.2,0.08] diagnostics=true
+  python -m refdtp.train --preset cifar10-ldrl --source ~/Downloads/cifar-10-python.tar.gz
   python -m refdtp.train --out runs/demo-seed0 --resume --epochs 12   # continue or extend a run
   python -m refdtp.evaluate runs/demo-seed0
   python -m refdtp.plot runs/demo-seed0 runs/other --out figures/"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    """The parser of ``python -m refdtp.train`` (its errors: one line, exit 2)."""
+    p = OneLineParser(
         prog="python -m refdtp.train", epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a network with L-DRL (or BP, DTP, TP, DRL): checkpoints every epoch, "
@@ -53,15 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, metavar="N",
                    help="at most N batches per epoch (sets max_steps_per_epoch; 0 = all)")
     p.add_argument("--seed", type=int, metavar="S", help="seed of every random stream")
-    p.add_argument("--data-dir", metavar="D", help="dataset folder (default $REFDTP_DATA or ~/.cache/refdtp)")
+    p.add_argument("--data-dir", metavar="D",
+                   help="dataset folder (default $REFDTP_DATA or ~/.cache/refdtp); kept in the run's "
+                        "config, so evaluate and --resume read the same data")
+    p.add_argument("--source", metavar="PATH",
+                   help="your copy of the dataset: the official archive (.tar.gz) or its extracted "
+                        "folder (CIFAR, MNIST, Fashion-MNIST, ImageNet 32x32); kept in the run's config")
     p.add_argument("--no-download", action="store_true", help="never download a dataset")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<preset>-seed<S>)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last checkpoint")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override any Config field, e.g. lr=0.01 feedback_sigma=[0.4,0.4,0.2,0.2,0.08]")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="limit the BLAS threads (threadpoolctl); 1 is often fastest for small "
-                        "networks or on a busy machine")
+                   help="BLAS threads (threadpoolctl); default: 1 for small networks, else the cores "
+                        "not busy with other processes (shown in the start line and report.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     return p
@@ -75,7 +92,12 @@ def _previous_preset(run_dir: Path):
 
 
 def resolve(args) -> tuple[Config, str | None, Path]:
-    """(config, preset name, run directory) of parsed arguments."""
+    """(config, preset name, run directory) of parsed arguments; ConfigError if unusable."""
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be an integer >= 1, got {args.threads}")
+    if args.out is not None:
+        _check_path_text("--out", args.out)
+        check_run_dir(Path(args.out))
     if args.resume and args.preset is None:
         if args.out is None:
             raise ConfigError("--resume needs --out RUN_DIR (or the --preset whose default run "
@@ -84,20 +106,74 @@ def resolve(args) -> tuple[Config, str | None, Path]:
             cfg = read_config(args.out)
         except FileNotFoundError as exc:
             raise ConfigError(f"cannot resume: {exc}") from None
+        except (OSError, TypeError, ValueError) as exc:  # unreadable, not JSON, unknown keys
+            raise ConfigError(f"cannot resume: {args.out}/config.json is unusable: {exc}") from None
         preset = _previous_preset(Path(args.out))
     else:
         preset = args.preset or DEFAULT_PRESET
         cfg = get_preset(preset)
     cfg = apply_overrides(cfg, args.set)
     flags = {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
-             "max_steps_per_epoch": args.steps}
+             "max_steps_per_epoch": args.steps, "data_dir": _data_path("--data-dir", args.data_dir),
+             "source": _data_path("--source", args.source, must_exist=True)}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     try:
         cfg.validate()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    run_dir = Path(args.out) if args.out else Path("runs") / f"{preset or 'run'}-seed{cfg.seed}"
+    if args.out is not None:
+        return cfg, preset, Path(args.out)
+    run_dir = Path("runs") / f"{preset or 'run'}-seed{cfg.seed}"
+    check_run_dir(run_dir)
     return cfg, preset, run_dir
+
+
+def _data_path(option: str, path, must_exist: bool = False):
+    """``path`` made absolute (so the stored config works from any folder); None stays None."""
+    if path is None:
+        return None
+    _check_path_text(option, path)
+    if must_exist and not Path(path).expanduser().exists():
+        raise ConfigError(f"{option} {path!r}: no such file or folder")
+    return absolute(path)
+
+
+def _check_path_text(option: str, text: str) -> None:
+    if not text:
+        raise ConfigError(f"{option} must not be empty")
+    if "\0" in text:
+        raise ConfigError(f"{option} {text!r}: a path cannot contain a NUL character")
+    try:
+        names = [os.fsencode(part) for part in Path(text).parts]
+    except UnicodeEncodeError:
+        raise ConfigError(f"{option} {text!r}: not representable as a file name here") from None
+    if any(len(name) > 255 for name in names):
+        raise ConfigError(f"{option} {text[:60]!r}...: a file name is longer than 255 bytes")
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """ConfigError unless ``run_dir`` is, or can be created as, a directory (nothing is written)."""
+    _check_path_text("--out", str(run_dir))
+    try:
+        _probe_run_dir(run_dir)
+    except OSError as exc:  # e.g. a folder on the way that cannot be read
+        raise ConfigError(f"--out {str(run_dir)!r}: {exc.strerror or exc}") from None
+
+
+def _probe_run_dir(run_dir: Path) -> None:
+    if run_dir.exists():
+        if not run_dir.is_dir():
+            raise ConfigError(f"--out {str(run_dir)!r} is a file, not a run directory")
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            raise ConfigError(f"--out {str(run_dir)!r}: no permission to write in it")
+        return
+    for parent in run_dir.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {str(run_dir)!r}: {str(parent)!r} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"--out {str(run_dir)!r}: no permission to create it in {str(parent)!r}")
+            return
 
 
 def config_summary(cfg: Config) -> str:
@@ -131,18 +207,8 @@ def overview() -> str:
             f"{EXAMPLES}\n\nall options: python -m refdtp.train --help")
 
 
-def thread_limit(threads):
-    """A context limiting the BLAS thread pools to ``threads`` (None: no limit)."""
-    if threads is None:
-        return contextlib.nullcontext()
-    if threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {threads}")
-    return blas_threads(threads)
-
-
 def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    return EXIT_USAGE
+    return usage_error(message)
 
 
 def main(argv=None, on_step=None) -> int:
@@ -160,16 +226,18 @@ def main(argv=None, on_step=None) -> int:
         if args.print_config:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
-        opts = RunOptions(run_dir=run_dir, backend=args.backend, data_dir=args.data_dir,
+        opts = RunOptions(run_dir=run_dir, backend=args.backend, data_dir=cfg.data_dir or None,
                           download=not args.no_download, resume=args.resume, quiet=args.quiet,
-                          preset=preset, on_step=on_step)
-        with thread_limit(args.threads):
-            report = train(cfg, opts)
+                          preset=preset, on_step=on_step, threads=args.threads)
+        report = train(cfg, opts)  # BLAS threads: --threads, else chosen per run (RunOptions.threads)
     except (ConfigError, CheckpointError, DataError, BackendError) as exc:
         return _error(str(exc))
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C while saving
         print("interrupted", file=sys.stderr, flush=True)
         return EXIT_CODES["interrupted"]
+    except StorageError as exc:  # full disk before or after the epochs (during them: the report)
+        _error(str(exc))
+        return EXIT_CODES["storage_error"]
     if report["status"] != "completed":
         print(f"{report['status']}: {report['message']}", file=sys.stderr, flush=True)
     return EXIT_CODES[report["status"]]

@@ -4,11 +4,13 @@ Logs, per block, the angle and relative distance between the scaled DTP
 update (1/beta) dL_F/dW_n and the BP gradient (Theorem 4.3, GMP), the
 Jacobian-matching error ||J_G - J_F^T|| / ||J_F|| of every trained feedback
 block (Theorem 4.2, JMC), and the forward/feedback weight angle: the live
-version of the paper's alignment figures (algorithm.md 5.5), computed by
+version of the paper's alignment figures (docs/algorithm.md §7.2), computed by
 :func:`refdtp.metrics.alignment_report` with beta = ``cfg.diagnostics_beta``.
 
 BP runs skip the diagnostics (their feedback weights are never trained). The
 comparison always uses the difference-corrected (DTP) targets, also for TP runs.
+FW-DTP runs add the eigenvalue ratio and trace of J_f J_g per block (the paper's strict and
+weak conditions); DDTP runs log only the angle of their update to BP per block.
 The batch is the same every epoch: :data:`DIAGNOSTIC_BATCH` test examples
 drawn without replacement from ``host_rng(cfg.seed, PURPOSE_DIAGNOSTICS)``.
 """
@@ -48,6 +50,9 @@ def diagnostics_row(cfg: Config, net: Network, W: dict, omega: dict, batch) -> d
          "jmc_error/<block>", "weight_angle/<block>"} (blocks 2..N for the last two).
     """
     x, y = batch
+    if cfg.algorithm == "ddtp":  # direct feedback, no per-block G: DDTP update vs BP (refdtp.family.ddtp)
+        from ..family import ddtp
+        return ddtp.diagnostics_row(cfg, net, W, omega, x, y)
     rep = alignment_report(net, W, omega, x, y, beta=cfg.diagnostics_beta, n_probes=N_PROBES,
                            seed=cfg.seed)
     row = {}
@@ -58,4 +63,7 @@ def diagnostics_row(cfg: Config, net: Network, W: dict, omega: dict, batch) -> d
         row[f"jmc_error/{name}"] = r["error"]
     for name, r in rep["weights"].items():
         row[f"weight_angle/{name}"] = r["angle"]
+    if cfg.algorithm == "fwdtp":  # FW-DTP's strict / weak conditions on J_f J_g (refdtp.family.fwdtp)
+        from ..family import fwdtp
+        row.update(fwdtp.condition_row(net, W, omega, x))
     return row

@@ -1,7 +1,7 @@
 """Accuracy and loss of a network on a data split (plain forward passes).
 
 Evaluation follows the official code: no augmentation, the training
-normalisation, only the forward pass (algorithm.md 1, 6.5). Top-5 is reported
+normalisation, only the forward pass (docs/algorithm.md §6.7). Top-5 is reported
 for datasets with at least :data:`TOP5_MIN_CLASSES` classes (ImageNet 32x32).
 """
 from __future__ import annotations

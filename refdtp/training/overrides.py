@@ -1,19 +1,18 @@
 """``--set key=value`` overrides of :class:`refdtp.config.Config` fields, type-checked.
 
-The type of a field is the type of its default: bool, int, float, str, or a
-list of numbers (ints when every default element is an int, else floats; an
-empty default list holds ints). Lists are written ``[0.4,0.4,0.2]`` or
-``0.4,0.4,0.2``. String fields with a fixed set of values (algorithm, network,
-dataset, ...) are checked against it. Whether a per-block list has the right
-length depends on the network, so :meth:`Config.validate` checks that once the
-network is built.
+The type of a field is its declared domain's (:data:`refdtp.config.DOMAINS`):
+bool, int, float, str, or a list of ints or floats. Lists are written
+``[0.4,0.4,0.2]`` or ``0.4,0.4,0.2``. String fields with a fixed set of values
+(algorithm, network, dataset, ...) are checked against it here; ranges are
+checked by :meth:`Config.validate` (before anything is written), and whether a
+per-block list has the right length once the network is built.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 
-from ..config import ALGORITHMS, Config
+from ..config import DOMAINS, Config
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
@@ -27,29 +26,19 @@ class OverrideError(ConfigError):
 
 
 def field_types() -> dict:
-    """{field: (type, element type or None)} from the defaults of :class:`Config`."""
-    defaults = Config()
+    """{field: (type, element type or None)} from the declared domains of :class:`Config`."""
     out = {}
     for f in dataclasses.fields(Config):
-        value = getattr(defaults, f.name)
-        if isinstance(value, list):
-            out[f.name] = (list, int if all(type(v) is int for v in value) else float)
-        else:
-            out[f.name] = (type(value), None)
+        domain = DOMAINS.get(f.name)
+        if domain is None:
+            raise ConfigError(f"config field {f.name!r} has no declared domain in refdtp.config.DOMAINS")
+        out[f.name] = (domain.kind, domain.element)
     return out
 
 
 def string_choices() -> dict:
     """{field: allowed values} for the string fields that have a fixed set."""
-    from data_loaders import DATASETS, NORMALIZATIONS
-
-    from ..activations import ACTIVATIONS
-    from ..networks import ARCHITECTURES
-    from ..optim import OPTIMIZERS
-    return {"algorithm": tuple(ALGORITHMS), "network": tuple(sorted(ARCHITECTURES)),
-            "dataset": tuple(DATASETS), "normalization": tuple(sorted(NORMALIZATIONS)),
-            "activation": tuple(sorted(ACTIVATIONS)), "optimizer": tuple(sorted(OPTIMIZERS)),
-            "schedule": ("constant", "cosine", "step"), "dtype": ("float32", "float64")}
+    return {key: d.options() for key, d in DOMAINS.items() if d.kind is str and d.options() is not None}
 
 
 def parse_scalar(key: str, text: str, kind: type):

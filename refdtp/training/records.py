@@ -8,40 +8,37 @@
     RUN_DIR/report.json     status, final and best accuracies, timings, device
     RUN_DIR/report.txt      the same in a few readable lines
 
-Every file is written to a temporary name and renamed into place, so a reader
-never sees half a file. Metric rows are rebuilt from the checkpoint's history
-on resume, so the files always match the checkpoint.
+Every file is built in memory and written by
+:func:`~refdtp.training.storage.atomic_write` (temporary name, fsync, rename),
+so a reader never sees half a file and a full disk raises
+:class:`~refdtp.training.storage.StorageError` leaving the old file intact.
+Metric rows are rebuilt from the checkpoint's history on resume, so the files
+always match the checkpoint.
 """
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from ..config import Config
+from .storage import atomic_write
 
 CONFIG_NAME, REPORT_NAME, REPORT_TEXT = "config.json", "report.json", "report.txt"
 METRICS_CSV, METRICS_H5 = "metrics.csv", "metrics.h5"
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+_names = itertools.count()
 
 
 def write_json(path, obj) -> None:
     """``obj`` as indented JSON, atomically (NaN written as null)."""
-    _atomic_write(Path(path), (json.dumps(_nan_to_none(obj), indent=2, sort_keys=False) + "\n").encode())
+    atomic_write(Path(path), (json.dumps(_nan_to_none(obj), indent=2, sort_keys=False) + "\n").encode())
 
 
 def _nan_to_none(obj):
@@ -84,13 +81,18 @@ def write_metrics(run_dir, rows: list) -> None:
     writer = csv.DictWriter(text, fieldnames=names, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(run_dir / METRICS_CSV, text.getvalue().encode())
-    tmp = run_dir / f".{METRICS_H5}.tmp-{os.getpid()}"
-    with h5py.File(tmp, "w") as f:
+    atomic_write(run_dir / METRICS_CSV, text.getvalue().encode())
+    atomic_write(run_dir / METRICS_H5, _metrics_h5(names, rows))
+
+
+def _metrics_h5(names: list, rows: list) -> bytes:
+    """metrics.h5 as bytes, built in memory (HDF5 never writes to the disk itself)."""
+    with h5py.File(f"refdtp-metrics-{next(_names)}.h5", "w", driver="core", backing_store=False) as f:
         f.attrs["columns"] = json.dumps(names)
         for name in names:  # "a/b" names become group a, dataset b
             f.create_dataset(name, data=np.array([_number(r.get(name)) for r in rows], np.float64))
-    os.replace(tmp, run_dir / METRICS_H5)
+        f.flush()
+        return f.id.get_file_image()
 
 
 def _number(value) -> float:
@@ -117,7 +119,7 @@ def write_report(run_dir, report: dict) -> None:
     """report.json and a short report.txt."""
     run_dir = Path(run_dir)
     write_json(run_dir / REPORT_NAME, report)
-    _atomic_write(run_dir / REPORT_TEXT, (report_text(report) + "\n").encode())
+    atomic_write(run_dir / REPORT_TEXT, (report_text(report) + "\n").encode())
 
 
 def _pct(x) -> str:

@@ -3,7 +3,7 @@
 Per epoch e (0-based index; printed and logged as e + 1):
 
 1. the forward lr is ``schedule.lr_at(e)`` (stepped once per epoch, as
-   PyTorch's schedulers; feedback lrs are constant, algorithm.md 1);
+   PyTorch's schedulers; feedback lrs are constant, docs/algorithm.md §2.2);
 2. the batches of ``data_loaders.iterate_batches(seed, epoch=e)`` (from the
    saved step when resuming), at most ``cfg.max_steps_per_epoch`` of them,
    each through :func:`refdtp.algorithms.train_step`;
@@ -13,38 +13,46 @@ Per epoch e (0-based index; printed and logged as e + 1):
 Stops: Ctrl-C saves a mid-epoch checkpoint (status "interrupted"); a NaN/Inf
 (:class:`~refdtp.algorithms.DivergenceError`) leaves the last good
 checkpoint untouched (status "diverged"); running out of memory suggests a
-smaller batch (status "out_of_memory"). Every stop writes the report.
+smaller batch (status "out_of_memory"); a full or failing disk
+(:class:`~refdtp.training.storage.StorageError`) keeps the last checkpoint that
+was written (status "storage_error"). Every stop writes the report (on a full
+disk, when it still fits). While a run is going, report.json says "running".
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 from tqdm import tqdm
 
-from data_loaders import iterate_batches, load_dataset, num_batches, train_val_split
+from data_loaders import iterate_batches, num_batches, train_val_split
+from data_loaders.transforms import normalization_stats
 
 from .. import __version__
 from ..algorithms import DivergenceError, TrainState, init_state, train_step
-from ..backend import device_name, get_xp, is_out_of_memory
+from ..backend import blas_threads, choose_blas_threads, device_name, get_xp, is_out_of_memory
 from ..config import Config, build_network
 from ..optim import make_schedule
 from . import records
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, previous_path
+from .data import open_dataset
 from .diagnostics import diagnostics_row, fixed_batch
+from .epochs import failing_step, position, schedule_warning
 from .evaluation import evaluate
 from .overrides import ConfigError
 from .resume import find_checkpoint, fresh_progress, load_state, save_state
 from .signals import defer_interrupts
+from .storage import StorageError, remove_orphans
 
 #: Exit status of ``python -m refdtp.train`` for each final run status.
-EXIT_CODES = {"completed": 0, "diverged": 3, "out_of_memory": 4, "interrupted": 130}
+EXIT_CODES = {"completed": 0, "diverged": 3, "out_of_memory": 4, "storage_error": 5, "interrupted": 130}
 
 
 @dataclass
@@ -61,30 +69,34 @@ class RunOptions:
         preset: preset name, for the report.
         on_step: called as ``on_step(state, stats)`` after every batch (tests use it
             to interrupt or corrupt a run at a chosen step).
+        threads: BLAS threads (``--threads``); None: chosen by
+            :func:`~refdtp.backend.choose_blas_threads`.
     """
     run_dir: Path
     backend: str = "numpy"
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     download: bool = True
     resume: bool = False
     quiet: bool = False
-    preset: Optional[str] = None
-    on_step: Optional[Callable] = None
+    preset: str | None = None
+    on_step: Callable | None = None
+    threads: int | None = None
 
 
 @dataclass
-class Context:
+class RunContext:
     """What stays fixed during a run."""
     cfg: Config
     opts: RunOptions
     net: object
     data: object
-    train_idx: Optional[np.ndarray]
-    val_idx: Optional[np.ndarray]
+    train_idx: np.ndarray | None
+    val_idx: np.ndarray | None
     steps_per_epoch: int
     schedule: object
     device: str
     diag_batch: object = None
+    threads: tuple = (None, "")  # (BLAS threads, reason), see run_threads
 
 
 @dataclass
@@ -93,7 +105,9 @@ class Live:
     state: TrainState
     progress: dict
     history: list = field(default_factory=list)
-    saved_at: tuple = (-1, -1)
+    saved_at: tuple = (-1, -1)  # (epoch, step) of the last checkpoint written
+    saved_global_step: int = 0
+    saved_rows: int = 0  # metrics rows the last checkpoint holds
 
 
 def schedule_of(cfg: Config):
@@ -103,81 +117,125 @@ def schedule_of(cfg: Config):
     return make_schedule(cfg.schedule, cfg.lr, **kwargs)
 
 
-def prepare(cfg: Config, opts: RunOptions) -> Context:
+def prepare(cfg: Config, opts: RunOptions) -> RunContext:
     """Check the backend, load the data, build and validate the network.
 
     Raises:
         BackendError, DataError, ConfigError: with messages meant for the user.
     """
     xp = get_xp(opts.backend)  # the backend's own clear error, before any data loads
-    data = load_dataset(cfg.dataset, opts.data_dir, download=opts.download)
+    data = open_dataset(cfg, opts.download, data_dir=opts.data_dir)
     try:
         try:
             net = build_network(cfg, data.image_shape, data.num_classes)
             cfg.validate(net)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        try:
+            normalization_stats(cfg.normalization, data.image_shape[0])
+        except ValueError as exc:
+            raise ConfigError(f"normalization {cfg.normalization!r} does not fit dataset {cfg.dataset!r}: "
+                              f"{exc}") from None
         train_idx = val_idx = None
         n_train = len(data.train_labels)
         if cfg.val_fraction > 0:
             train_idx, val_idx = train_val_split(n_train, cfg.val_fraction, cfg.seed)
+            if len(val_idx) == 0:
+                raise ConfigError(f"val_fraction {cfg.val_fraction:g} holds out none of the {n_train} "
+                                  f"training examples; use 0 or at least {1 / n_train:.3g}")
             n_train = len(train_idx)
         steps = num_batches(n_train, cfg.batch_size, drop_last=True)
         if steps == 0:
             raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {n_train} training examples")
         if cfg.max_steps_per_epoch:
             steps = min(steps, cfg.max_steps_per_epoch)
-        ctx = Context(cfg, opts, net, data, train_idx, val_idx, steps, schedule_of(cfg),
+        ctx = RunContext(cfg, opts, net, data, train_idx, val_idx, steps, schedule_of(cfg),
                       device_name(xp))
         if cfg.diagnostics and cfg.algorithm != "bp":
             ctx.diag_batch = fixed_batch(cfg, data.test_images, data.test_labels, opts.backend)
+        ctx.threads = run_threads(net, cfg.batch_size, opts.threads)
         return ctx
     except BaseException:
         data.close()
         raise
 
 
+def run_threads(net, batch: int, requested: int | None) -> tuple[int, str]:
+    """(BLAS threads, reason) of a run: ``requested``, else chosen from the largest
+    weight layer's forward GEMM FLOPs per batch and the free cores."""
+    ops = [b.F.param_op for b in net.blocks if getattr(b.F, "param_op", None) is not None]
+    flops = max((batch * op.flops_per_sample() for op in ops if hasattr(op, "flops_per_sample")),
+                default=0)
+    return choose_blas_threads(requested, flops)
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def start(ctx: Context) -> Live:
+def start(ctx: RunContext) -> Live:
     """A fresh run (initial checkpoint written) or the resumed one."""
     cfg, run_dir = ctx.cfg, Path(ctx.opts.run_dir)
     ckpt = run_dir / CHECKPOINT_NAME
+    for orphan in remove_orphans(run_dir):
+        _say(f"removed {orphan}, a temporary file left by a process that no longer runs")
     if ctx.opts.resume:
         path = find_checkpoint(run_dir)
         state, progress, history = load_state(path, cfg, ctx.net, ctx.opts.backend)
-        _say(f"resuming from {path} at epoch {state.epoch + 1}, step {state.step} "
+        _say(f"resuming from {path} {position(state.epoch, state.step)} "
              f"(global step {state.global_step})")
-        records.write_config(run_dir, cfg)
-        if history:
-            records.write_metrics(run_dir, history)
-        return Live(state, progress, history, (state.epoch, state.step))
+        live = Live(state, progress, history, (state.epoch, state.step), state.global_step, len(history))
+        with _noting_storage_errors(ctx, live):
+            records.write_config(run_dir, cfg)
+            if history:
+                records.write_metrics(run_dir, history)
+            records.write_report(run_dir, make_report(ctx, live, "running", ""))  # keeps the preset
+        return live
     if ckpt.exists() or previous_path(ckpt).exists():
         raise CheckpointError(f"{run_dir} already holds a checkpoint; pass --resume to continue "
                               f"that run, or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    records.write_config(run_dir, cfg)
     live = Live(init_state(cfg, ctx.net, ctx.opts.backend), fresh_progress())
-    _save(ctx, live)
+    with _noting_storage_errors(ctx, live):
+        records.write_config(run_dir, cfg)
+        _save(ctx, live)
+        # status "running" until the run ends; a resume after a crash reads the preset from it
+        records.write_report(run_dir, make_report(ctx, live, "running", ""))
     return live
 
 
-def _save(ctx: Context, live: Live) -> None:
+@contextlib.contextmanager
+def _noting_storage_errors(ctx: RunContext, live: Live):
+    """Add to a StorageError what is still intact and how to continue."""
+    try:
+        yield
+    except StorageError as exc:
+        exc.note = exc.note or _intact(ctx, live)
+        raise
+
+
+def _intact(ctx: RunContext, live: Live) -> str:
+    if live.saved_at[0] < 0:
+        return "no checkpoint of this run was written"
+    return (f"the last checkpoint ({position(*live.saved_at)}) in {ctx.opts.run_dir} is intact; free "
+            f"some space, then continue with --resume --out {ctx.opts.run_dir}")
+
+
+def _save(ctx: RunContext, live: Live) -> None:
     with defer_interrupts():
         save_state(Path(ctx.opts.run_dir) / CHECKPOINT_NAME, ctx.cfg, live.state, live.progress,
                    live.history)
         live.saved_at = (live.state.epoch, live.state.step)
+        live.saved_global_step, live.saved_rows = live.state.global_step, len(live.history)
 
 
-def _bar(ctx: Context, epoch: int, start_step: int):
+def _bar(ctx: RunContext, epoch: int, start_step: int):
     disable = ctx.opts.quiet or not sys.stderr.isatty()
     return tqdm(total=ctx.steps_per_epoch, initial=start_step, disable=disable, leave=False,
                 desc=f"epoch {epoch + 1}/{ctx.cfg.epochs}", unit="batch", dynamic_ncols=True)
 
 
-def run_epoch(ctx: Context, live: Live) -> None:
+def run_epoch(ctx: RunContext, live: Live) -> None:
     """The remaining batches of the current epoch, then its evaluation and checkpoint."""
     cfg, e, first = ctx.cfg, live.state.epoch, live.state.step
     lr = ctx.schedule.lr_at(e)
@@ -205,7 +263,7 @@ def run_epoch(ctx: Context, live: Live) -> None:
     finish_epoch(ctx, live, lr)
 
 
-def finish_epoch(ctx: Context, live: Live, lr: float) -> None:
+def finish_epoch(ctx: RunContext, live: Live, lr: float) -> None:
     """Evaluate, append the metrics row, checkpoint at (epoch + 1, 0), print the summary."""
     cfg, state, p = ctx.cfg, live.state, live.progress
     row = {"epoch": state.epoch + 1, "global_step": state.global_step, "lr": lr,
@@ -224,7 +282,7 @@ def finish_epoch(ctx: Context, live: Live, lr: float) -> None:
     _say(summary_line(cfg, row))
 
 
-def _evaluations(ctx: Context, W: dict) -> dict:
+def _evaluations(ctx: RunContext, W: dict) -> dict:
     kw = dict(normalization=ctx.cfg.normalization, backend=ctx.opts.backend, dtype=ctx.cfg.dtype)
     out = {}
     test = evaluate(ctx.net, W, ctx.data.test_images, ctx.data.test_labels, **kw)
@@ -260,73 +318,90 @@ def train(cfg: Config, opts: RunOptions) -> dict:
     try:
         live = start(ctx)
         _say(header_line(ctx, live))
+        warning = schedule_warning(cfg, ctx.schedule.lr_at)  # the lr rises again after t_max
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         status, message = "completed", ""
         try:
-            with np.errstate(all="ignore"):  # NaN/Inf are reported by DivergenceError instead
+            # NaN/Inf are reported by DivergenceError instead
+            with np.errstate(all="ignore"), blas_threads(ctx.threads[0]):
                 while live.state.epoch < cfg.epochs:
                     run_epoch(ctx, live)
         except KeyboardInterrupt:
-            status, message = "interrupted", _interrupted(ctx, live)
+            with _noting_storage_errors(ctx, live):  # its checkpoint may not fit on the disk
+                status, message = "interrupted", _interrupted(ctx, live)
         except DivergenceError as exc:
             status, message = "diverged", _diverged(ctx, live, exc)
+        except StorageError as exc:
+            status, message = "storage_error", f"{exc}; {_intact(ctx, live)}"
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
             status, message = "out_of_memory", _out_of_memory(ctx, live, exc)
         report = make_report(ctx, live, status, message)
-        records.write_report(opts.run_dir, report)
+        try:
+            with _noting_storage_errors(ctx, live):
+                records.write_report(opts.run_dir, report)
+        except StorageError:
+            if status != "storage_error":  # else the message already says what happened
+                raise
         _say(records.report_text(report))
         return report
     finally:
         ctx.data.close()
 
 
-def header_line(ctx: Context, live: Live) -> str:
+def header_line(ctx: RunContext, live: Live) -> str:
     cfg = ctx.cfg
     n = len(ctx.data.train_labels) if ctx.train_idx is None else len(ctx.train_idx)
-    widths = cfg.hidden if cfg.network == "mlp" else cfg.channels
+    widths = cfg.hidden if cfg.network in ("mlp", "fwdtp_mlp", "fwdtp_mlp_bn") else cfg.channels
     return (f"{ctx.opts.preset or 'custom config'}: {cfg.algorithm} on {cfg.dataset} ({n} train, "
             f"{len(ctx.data.test_labels)} test), {cfg.network} {widths}"
             f", {cfg.epochs} epochs x {ctx.steps_per_epoch} steps of {cfg.batch_size}, "
-            f"{ctx.opts.backend} on {ctx.device}; run dir {ctx.opts.run_dir}")
+            f"{ctx.opts.backend} on {ctx.device}; run dir {ctx.opts.run_dir}; "
+            f"BLAS threads {ctx.threads[0]} ({ctx.threads[1]})")
 
 
-def _interrupted(ctx: Context, live: Live) -> str:
+def _interrupted(ctx: RunContext, live: Live) -> str:
     s = live.state
     if live.saved_at != (s.epoch, s.step):
         _save(ctx, live)
-    return (f"interrupted in epoch {s.epoch + 1} at step {s.step}; checkpoint saved, continue with "
+    return (f"interrupted {position(s.epoch, s.step)}; checkpoint saved, continue with "
             f"--resume --out {ctx.opts.run_dir}")
 
 
-def _diverged(ctx: Context, live: Live, exc: DivergenceError) -> str:
+def _diverged(ctx: RunContext, live: Live, exc: DivergenceError) -> str:
     s, (e, st) = live.state, live.saved_at
-    return (f"training diverged in epoch {s.epoch + 1}/{ctx.cfg.epochs} (index {s.epoch}), step "
-            f"{s.step} (global step {s.global_step}): {exc}. The last good checkpoint (epoch index "
-            f"{e}, step {st}) is unchanged; try a smaller lr or beta")
+    return (f"training diverged in {failing_step(s.epoch, s.step, ctx.cfg.epochs)} (global step "
+            f"{s.global_step + 1}): {exc}. The last good checkpoint ({position(e, st)}) is unchanged; "
+            f"try a smaller lr or beta")
 
 
-def _out_of_memory(ctx: Context, live: Live, exc: BaseException) -> str:
+def _out_of_memory(ctx: RunContext, live: Live, exc: BaseException) -> str:
     b = ctx.cfg.batch_size
     return (f"out of memory at batch size {b} on {ctx.device} ({type(exc).__name__}); try a smaller "
-            f"--batch-size, e.g. --batch-size {max(b // 2, 1)} (the checkpoint of epoch index "
-            f"{live.saved_at[0]}, step {live.saved_at[1]} is intact)")
+            f"--batch-size, e.g. --batch-size {max(b // 2, 1)} (the checkpoint "
+            f"{position(*live.saved_at)} is intact)")
 
 
-def make_report(ctx: Context, live: Live, status: str, message: str) -> dict:
+def make_report(ctx: RunContext, live: Live, status: str, message: str) -> dict:
     """The report dict written to report.json."""
-    cfg, h = ctx.cfg, live.history
+    cfg, h, s = ctx.cfg, live.history, live.state
+    epochs_done, step, global_step = s.epoch, s.step, s.global_step
+    if status == "storage_error" and live.saved_at[0] >= 0:  # what the disk holds, not what was lost
+        h, (epochs_done, step), global_step = h[:live.saved_rows], live.saved_at, live.saved_global_step
     final = {k: v for k, v in (h[-1] if h else {}).items()
              if k in ("train_loss", "train_acc", "test_loss", "test_top1", "test_top5",
                       "val_loss", "val_top1", "val_top5")}
     best = max(h, key=lambda r: r["test_top1"]) if h else None
-    return {"status": status, "message": message, "exit_code": EXIT_CODES[status],
+    return {"status": status, "message": message, "exit_code": EXIT_CODES.get(status),
             "preset": ctx.opts.preset, "algorithm": cfg.algorithm, "network": cfg.network,
-            "dataset": cfg.dataset, "epochs": cfg.epochs, "epochs_done": live.state.epoch,
-            "step": live.state.step, "global_step": live.state.global_step,
+            "dataset": cfg.dataset, "epochs": cfg.epochs, "epochs_done": epochs_done,
+            "step": step, "global_step": global_step,
             "backend": ctx.opts.backend, "device": ctx.device, "config_hash": cfg.config_hash(),
             "refdtp_version": __version__, "final": final,
             "best_test_top1": best["test_top1"] if best else None,
             "best_epoch": best["epoch"] if best else None,
             "seconds": sum(r["seconds"] for r in h) + live.progress["seconds"],
-            "checkpoint": str(Path(ctx.opts.run_dir) / CHECKPOINT_NAME)}
+            "checkpoint": str(Path(ctx.opts.run_dir) / CHECKPOINT_NAME),
+            "blas_threads": ctx.threads[0], "blas_threads_reason": ctx.threads[1]}

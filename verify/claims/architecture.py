@@ -3,9 +3,9 @@
 13. ``vgg-conv-jmc-floor``: with omega = W the feedback Jacobian equals J_F^T
     exactly iff every selected (pooled) pre-activation is >= 0, because G
     applies ELU to the *post*-activation: ELU'(ELU(a)) = exp(e^a - 1) != e^a
-    for a < 0 (algorithm.md 5.2 "conv blocks", theory.md 3.2 caveat).
+    for a < 0 (docs/theory.md §7, §3.4).
     ``ldrl-maxpool-noisy-routing-floor``: with the official routing (G(F(x+eps))
-    un-pooled with the *noisy* pass's argmax, algorithm.md 4.1), a max-pool
+    un-pooled with the *noisy* pass's argmax, docs/conventions.md §3), a max-pool
     window whose top-two gap is below the noise moves the selected position,
     so G(F(x+eps)) jumps by O(|y|) and the L-DRL optimum is biased at the same
     order sigma^2 as its signal. The bias disappears when sigma is below every
@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from refdtp import metrics, networks
-from refdtp.backend import to_host
+from refdtp.numerical import host64
 from verify import nets
 from verify.registry import Check, Outcome, claim, gt, le, lt, worst
 
@@ -46,7 +46,7 @@ def selected_preactivations(block, W: dict, x: np.ndarray) -> tuple[np.ndarray, 
 
 
 def predicted_floor(block, W: dict, x: np.ndarray) -> float:
-    """||J_G - J_F^T|| / ||J_F|| predicted for omega = W (algorithm.md 5.2, conv blocks).
+    """||J_G - J_F^T|| / ||J_F|| predicted for omega = W (docs/theory.md §7).
 
     J_F^T = C_W^T diag(ELU'(a)) P^T and J_G = C_W^T diag(ELU'(ELU(a))) P^T with
     P^T the un-pool to distinct positions p, so the columns are independent:
@@ -55,7 +55,11 @@ def predicted_floor(block, W: dict, x: np.ndarray) -> float:
     """
     conv, act, _ = block.F.ops
     a_sel, idx = selected_preactivations(block, W, x)
-    deriv = lambda z: act.act.derivative(z, act.act.value(z))  # noqa: E731
+
+    def deriv(z):
+        """The activation's derivative at z (ELU' above)."""
+        return act.act.derivative(z, act.act.value(z))
+
     d, e = deriv(act.act.value(a_sel)) - deriv(a_sel), deriv(a_sel)
     C, H, Wd = conv.out_shape
     units = np.eye(C * H * Wd).reshape(C * H * Wd, C, H, Wd)
@@ -68,7 +72,7 @@ def predicted_floor(block, W: dict, x: np.ndarray) -> float:
        "SimpleVGG conv block with omega = W: ||J_G - J_F^T|| / ||J_F|| equals the closed form of the "
        "ELU-on-post-activation floor, which is 0 (<= 1e-12) when every pooled pre-activation is >= 0 and "
        "positive (far above round-off) as soon as one is negative",
-       "algorithm.md 5.2 (conv blocks); theory.md 3.2 parametrisation caveat", "exact")
+       "docs/theory.md §7, §3.4", "exact")
 def vgg_conv_jmc_floor(ctx) -> Outcome:
     rows = {}
     for shift in (10.0, 3.0, 0.0, -0.3, -1.0, -3.0):
@@ -94,7 +98,7 @@ def vgg_conv_jmc_floor(ctx) -> Outcome:
 class CleanRouted:
     """A block whose every route is the *clean* pass's, whatever trace it is given.
 
-    A control for the official rule (algorithm.md 4.1: G(F(x+eps)) is routed by
+    A control for the official rule (docs/conventions.md §3: G(F(x+eps)) is routed by
     the noisy pass). Built for :func:`verify.nets.ldrl_expected`: it knows the
     clean route of x tiled once per row of each antithetic design, keyed by
     batch size.
@@ -119,7 +123,7 @@ def pool_gap(block, W: dict, x) -> float:
     """Smallest gap between the two largest entries of any max-pool window of the block (host)."""
     conv, act, pool = block.F.ops
     h = act.forward({}, conv.forward(W, x)[0])[0]
-    win = np.sort(nets.pool_windows(pool, np.asarray(to_host(h), F64)), axis=0)
+    win = np.sort(nets.pool_windows(pool, host64(h)), axis=0)
     return float((win[-1] - win[-2]).min())
 
 
@@ -144,7 +148,7 @@ def _closed_form_error(ctx, block, route_block, W, omega, x, sigma):
        "Max-pool blocks: with G(F(x+eps)) routed by the noisy argmax (official rule), a pooling near-tie "
        "biases the closed-form L-DRL optimum by O(1) once sigma exceeds the gap (>= 10x the JMC error of "
        "clean routing), and the two rules give the same optimum when sigma is below every gap",
-       "derived (algorithm.md 4.1 routing rule; Theorem 4.2 needs G o F smooth)", "exact")
+       "derived, docs/theory.md §8 (routing: docs/conventions.md §3)", "exact")
 def ldrl_maxpool_noisy_routing_floor(ctx) -> Outcome:
     block, W, omega, x = _near_tie_setup(ctx)
     gap = pool_gap(block, W, x)

@@ -7,15 +7,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from refdtp import gauss_newton as gn
-from refdtp import gn_oracles as oracles
 from refdtp.feedback import drl_grads
 from refdtp.metrics import angle, relative_distance
 from refdtp.optim import SGD
+from refdtp.theory import gauss_newton as gn
+from refdtp.theory import oracles
 from verify import plots
+from verify.gn_common import (
+    DECAY,
+    M1,
+    SIGMAS,
+    SOURCE,
+    Problem,
+    _loglog_fit,
+    composite_error,
+    lambda_eff,
+    problem,
+)
 from verify.registry import Check, Outcome, claim, ge, gt, le, lt, within
-from verify.gn_common import (DECAY, M1, SIGMAS, SOURCE, Problem, _loglog_fit, composite_error,
-                               lambda_eff, problem)
 
 # -- 10. DRL -> damped pseudo-inverse ---------------------------------------------
 
@@ -80,7 +89,7 @@ def _row_space_ratio(p: Problem, omega: dict, n: int) -> float:
        "Layer-wise DTP-DRL (refdtp.feedback.drl_grads, weight decay wd) on a linear net: the top "
        "feedback's composite is J^T(JJ^T + lambda_eff I)^{-1} with lambda_eff = wd/2 (derived); "
        "lower composites are not the damped formula but reach J_i^+ as wd -> 0 (error ~ wd)",
-       f"{SOURCE} sec. 4, DRL theorem (recalled); theory.md 2.3 cond. 5, 3.1, 5.4; lambda_eff derived",
+       f"{SOURCE} sec. 4, DRL theorem (recalled); docs/theory.md §6.2, §6.3; lambda_eff derived",
        "exact")
 def drl_damped_pinv(ctx) -> Outcome:
     """lambda_eff = wd/2, derived from refdtp's normalisation (not tuned).
@@ -138,14 +147,15 @@ def drl_damped_pinv(ctx) -> Outcome:
 
 def _sigma_sweep(ctx, net, key: int, n: int, wd: float) -> list:
     p = problem(ctx, key, net, B=1)
-    return [composite_error(p, oracles.drl_closed_form_all(p.net, p.W, p.omega, p.x, s, wd), n, lambda_eff(wd))
+    lam = lambda_eff(wd)
+    return [composite_error(p, oracles.drl_closed_form_all(p.net, p.W, p.omega, p.x, s, wd), n, lam)
             for s in SIGMAS]
 
 
 def plot_sigma(data: dict, directory: str) -> list:
     series = {"M1t top vs damped pinv (wd=0.2)": (data["sigmas"], data["top_damped"]),
               "M1 layer 1 vs J^+ (wd=0)": (data["sigmas"], data["lower_pinv"])}
-    slopes = dict(zip(series, (data["slope_top_damped"], data["slope_lower_pinv"])))
+    slopes = dict(zip(series, (data["slope_top_damped"], data["slope_lower_pinv"]), strict=True))
     return [plots.loglog(directory, "drl_sigma_rate.png", series, "sigma",
                          "relative error of the composite feedback",
                          "DRL closed form, antithetic noise, B = 1", slopes, reference_slope=2.0)]
@@ -155,7 +165,7 @@ def plot_sigma(data: dict, directory: str) -> list:
        "DRL on a nonlinear net (B = 1): the composite feedback reaches its small-sigma optimum "
        "with an O(sigma^2) bias (slope 2 in sigma, <= 1e-4 at sigma = 1e-2): damped pinv for "
        "the top feedback (tanh output, wd = 0.2), J_1^+ for the lower one (wd = 0)",
-       f"{SOURCE} sec. 4 (recalled); theory.md 3.1 small-sigma limit, 5.4; derived", "rate",
+       f"{SOURCE} sec. 4 (recalled); docs/theory.md §6.1; derived", "rate",
        plot=plot_sigma)
 def drl_sigma_rate(ctx) -> Outcome:
     top = _sigma_sweep(ctx, oracles.linear_feedback_mlp(M1, "tanh", "tanh"), 11, 2, DECAY)
@@ -224,7 +234,7 @@ def plot_damping(data: dict, directory: str) -> list:
        "sigma = 1e-2, beta = 1e-4), clearly apart from BP (> 5 deg); raising the weight decay "
        "moves the update of the layer under the top feedback monotonically to BP (layer-wise "
        "DRL: lower layers do not follow)",
-       f"{SOURCE} sec. 4 (recalled); theory.md 5.5 (b), (b'), (b''); pitfall 3", "angle",
+       f"{SOURCE} sec. 4 (recalled); docs/theory.md §6.4, §5.2", "angle",
        plot=plot_damping)
 def drl_gauss_newton(ctx) -> Outcome:
     beta, sigma = 1e-4, 1e-2
@@ -258,5 +268,3 @@ def drl_gauss_newton(ctx) -> Outcome:
     ]
     return Outcome(checks, {"beta": beta, "sigma": sigma, "angles": angles, "decays": decays, "sweep": sweep,
                             "note": "M1 B=4 (nonlinear, shared feedback) is recorded, not asserted"})
-
-

@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from refdtp import gauss_newton as gn
-from refdtp import gn_oracles as oracles
 from refdtp.metrics import angle, relative_distance
 from refdtp.optim import SGD
+from refdtp.theory import gauss_newton as gn
+from refdtp.theory import oracles
 from verify import plots
-from verify.registry import Check, Outcome, claim, ge, gt, le, lt, within
 from verify.gn_common import BETAS, M1, M3, SOURCE, Problem, _loglog_fit, problem
+from verify.registry import Check, Outcome, claim, ge, gt, le, lt, within
 
 # -- 12. exact inverses give GN targets; layer-wise pinv leaks into the null space --
 
 def _near_identity(rng, W: dict) -> dict:
-    """theory.md M3: W_n = I + 0.1 N(0, 1), b_n = 0.1 N(0, 1)."""
+    """M3 (docs/theory.md §1.3): W_n = I + 0.1 N(0, 1), b_n = 0.1 N(0, 1)."""
     return {k: {"weight": np.eye(len(v["weight"])) + 0.1 * rng.standard_normal(v["weight"].shape),
                 "bias": 0.1 * rng.standard_normal(v["bias"].shape)} for k, v in W.items()}
 
@@ -38,7 +38,7 @@ def plot_beta(data: dict, directory: str) -> list:
 @claim("gn-exact-inverse",
        "Target propagation with exact inverses on an invertible net (M3: 4-4-4-4 tanh, W = I + "
        "small random) gives Gauss-Newton targets to O(beta): slope 1, < 0.01 deg at beta = 1e-4",
-       f"{SOURCE} sec. 3, early lemma/theorem on invertible nets (recalled); theory.md 2.1, 5.3", "rate",
+       f"{SOURCE} sec. 3, early lemma/theorem on invertible nets (recalled); docs/theory.md §5.3", "rate",
        plot=plot_beta)
 def gn_exact_inverse(ctx) -> Outcome:
     net = oracles.exact_inverse_mlp(M3, "tanh")
@@ -72,7 +72,7 @@ def gn_exact_inverse(ctx) -> Outcome:
        "Layer-wise pseudo-inverse feedback (plain DTP's local optimum) on a non-invertible linear "
        "net (6-6-5-3) puts a large part of the layer-1 update into the null space of J_theta; "
        "BP, GNT-post, block-GN and oracle (greedy-pinv, transpose) updates do not (<= 1e-10)",
-       f"{SOURCE} sec. 3, DTP is not GN for non-invertible nets (recalled); theory.md 2.3, 5.3", "exact")
+       f"{SOURCE} sec. 3, DTP is not GN for non-invertible nets (recalled); docs/theory.md §5.4", "exact")
 def gn_nullspace(ctx) -> Outcome:
     leak, clean, gn_angle = [], [], []
     draws = 4 if ctx.quick else 16
@@ -103,7 +103,7 @@ def gn_nullspace(ctx) -> Outcome:
 @claim("gnt-pre-block-gn",
        "For B = 1, lambda = 0 the GNT-pre update equals the block-diagonal GN update up to the factor "
        "||h_{n-1}||^2 + 1 (bias); GNT-post differs (recorded)",
-       "derived (theory.md 8.1); Meulemans et al. 2020 GNT ~ block-GN theorem (recalled)", "exact")
+       "derived (docs/theory.md §5.2); Meulemans et al. 2020 GNT ~ block-GN theorem (recalled)", "exact")
 def gnt_pre_block_gn(ctx) -> Outcome:
     p = problem(ctx, 50, oracles.linear_feedback_mlp(M1, "tanh"), B=1)
     beta = 1.0
@@ -124,16 +124,16 @@ def gnt_pre_block_gn(ctx) -> Outcome:
                             "post_vs_block_gn_deg": post_angles})
 
 
-# -- DRL vs L-DRL toy (algorithm.md 5.6 item 8) -----------------------------------
+# -- DRL vs L-DRL toy (docs/theory.md §6.5) -----------------------------------
 
 def _ldrl_trained(ctx, p: Problem, sigma: float, steps: int) -> dict:
     """Top feedback trained by refdtp's SGD on ldrl_grads_naive over a frozen noise set with
     sum eps eps^T = sum eta eta^T (antithetic sets tiled to a common length)."""
-    from refdtp.feedback import ldrl_grads_naive
+    from refdtp.ldrl import ldrl_grads_naive
     block, n = p.net.blocks[-1], len(p.net)
     d_in, d_out = int(np.prod(block.in_shape)), int(np.prod(block.out_shape))
-    eps = np.tile(oracles.antithetic_noise(block.in_shape, sigma), (d_out, 1))
-    eta = np.tile(oracles.antithetic_noise(block.out_shape, sigma), (d_in, 1))
+    eps = np.tile(oracles.antithetic_design(block.in_shape, sigma, mean_covariance=True), (d_out, 1))
+    eta = np.tile(oracles.antithetic_design(block.out_shape, sigma, mean_covariance=True), (d_in, 1))
     x = ctx.xp.repeat(p.trace.s[n - 1][:1], len(eps), axis=0)  # linear block: one sample suffices
     y = ctx.xp.repeat(p.trace.s[n][:1], len(eps), axis=0)
     _, cache = block.forward(p.W[block.name], x)
@@ -172,7 +172,7 @@ def _top_singular_values(values):
 @claim("drl-vs-ldrl-toy",
        "On a linear 8-8-3 net, DRL feedback gives GN targets -beta J^+ e and L-DRL feedback BP "
        "targets -beta J^T e: they differ (> 5 deg) unless J J^T is proportional to I",
-       "Ernoult et al. 2022 sec. 4 vs Meulemans et al. 2020 sec. 4 (recalled); algorithm.md 5.4, 5.6 item 8",
+       "Ernoult et al. 2022 sec. 4 vs Meulemans et al. 2020 sec. 4 (recalled); docs/theory.md §6.5",
        "angle")
 def drl_vs_ldrl_toy(ctx) -> Outcome:
     beta, sigma, net = 1e-4, 1e-2, oracles.linear_feedback_mlp((8, 8, 3), None)
@@ -185,4 +185,3 @@ def drl_vs_ldrl_toy(ctx) -> Outcome:
                     gt(5.0), "°"),
               Check("max DRL vs L-DRL target angle, J J^T = 1.7^2 I", ortho["drl_ldrl_max"], lt(1e-6), "°")]
     return Outcome(checks, {"generic": generic, "orthogonal": ortho})
-

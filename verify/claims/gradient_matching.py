@@ -3,15 +3,17 @@
 7. ``jmc-implies-gradient-matching``: with oracle JMC feedback (phi feedback,
    V = W^T) the DTP update (1/beta) dW_DTP converges to the mean-CE gradient
    at rate O(beta); blocks reached only through linear feedback are exact
-   (theory.md 5.3 O-BP, algorithm.md 5.3, 5.6 #4).
+   (docs/theory.md §4.1).
 8. ``exact-output-layer``: (1/beta) dW_N = d(mean CE)/dW_N for any feedback
-   (algorithm.md 3.3, 5.6 #5).
+   (docs/algorithm.md §3.3; docs/theory.md §4.2).
 9. ``ldrl-bp-aligned-end-to-end``: after L-DRL feedback training with SGD,
    per-layer DTP-vs-BP angles are small where the feedback can match the
-   Jacobian; random feedback is far off; the paper's own ELU / max-pool
-   blocks are measured with their floor (theory.md 5.5, algorithm.md 5.5 #2).
+   Jacobian; random feedback is far off; on the paper's own ELU / max-pool
+   blocks the angles after a short L-DRL run are reported as measurements
+   (kind "measurement", never pass/fail: a short run cannot tell
+   under-training from a floor; docs/theory.md §4.3; docs/algorithm.md §7.2).
    ``dtp-update-decreases-loss``: a small step along -dW_DTP lowers the loss
-   whenever its angle to BP is below 90 degrees (theory.md 5.5, second-order check).
+   whenever its angle to BP is below 90 degrees (docs/theory.md §4.4).
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ import numpy as np
 
 from refdtp import losses, metrics, networks
 from refdtp.backend import to_host
-from refdtp.numerical import fitted_slope
+from refdtp.numerical import fitted_slope, host64
 from verify import nets, plots
-from verify.registry import Check, Outcome, claim, ge, gt, le, lt, within, worst
+from verify.registry import Check, Outcome, claim, ge, gt, le, lt, measurement, within, worst
 
 F64 = np.float64
 
@@ -64,7 +66,7 @@ def _plot_beta(data, directory):
        "With exact-JMC feedback (phi feedback, V = W^T), ||dW_DTP/beta - grad CE|| / ||grad CE|| = O(beta) "
        "(slope in [0.9, 1.1]), every angle < 0.01 deg at beta = 1e-4, and blocks reached only through "
        "linear feedback maps are exact (<= 1e-10 for beta >= 1e-4)",
-       "Theorem 4.3 (theory.md 5.3 O-BP; algorithm.md 5.6 #4)", "rate", plot=_plot_beta)
+       "Theorem 4.3 (docs/theory.md §4.1)", "rate", plot=_plot_beta)
 def jmc_implies_gradient_matching(ctx) -> Outcome:
     betas = [1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6] if ctx.quick else list(np.logspace(-1, -6, 11))
     fit = [i for i, b in enumerate(betas) if 1e-5 * 0.99 <= b <= 1e-2 * 1.01]
@@ -93,7 +95,7 @@ def jmc_implies_gradient_matching(ctx) -> Outcome:
 @claim("exact-output-layer",
        "For arbitrary (random) feedback, the DTP update of the output block divided by beta equals the "
        "mean cross-entropy gradient (<= 1e-10 relative), for beta from 0.7 down to 1e-3",
-       "algorithm.md 3.3 and 5.6 #5 (first target from the sum-reduced CE, batch-mean forward loss)", "exact")
+       "docs/theory.md §4.2 (first target from the sum-reduced CE, batch-mean forward loss)", "exact")
 def exact_output_layer(ctx) -> Outcome:
     distances, data = [], {}
     for label, net in (("mlp", nets.m1("paper")), ("small_convnet max-pool",
@@ -150,10 +152,11 @@ def _plot_e2e(data, directory):
 @claim("ldrl-bp-aligned-end-to-end",
        "After L-DRL feedback training (SGD, fresh Gaussian noise), per-layer DTP-vs-BP angles are < 3 deg "
        "where the feedback can match the Jacobian (phi-feedback MLP, avg-pool-first conv net); random "
-       "feedback gives > 30 deg on hidden layers; the paper's ELU/max-pool SimpleVGG blocks are measured "
-       "with their floors: omega = W stays within 10 deg (ELU floor), L-DRL-trained feedback stays > 20 deg "
-       "worse on layers fed through max-pool feedback (noisy-routing floor)",
-       "Theorem 4.3 + Theorem 4.2 (theory.md 5.5 (a), (a'); algorithm.md 5.5 #2)", "angle", plot=_plot_e2e)
+       "feedback gives > 30 deg on hidden layers (> 45 deg on SimpleVGG); on the paper's ELU/max-pool "
+       "SimpleVGG blocks omega = W stays within 10 deg (ELU floor) and the layer fed by the linear fc "
+       "feedback is < 30 deg after L-DRL; the other SimpleVGG angles after L-DRL (a short SGD run on one "
+       "small batch) are reported as measurements, not judged",
+       "Theorem 4.3 + Theorem 4.2 (docs/theory.md §4.3; docs/algorithm.md §7.2)", "angle", plot=_plot_e2e)
 def ldrl_bp_aligned_end_to_end(ctx) -> Outcome:
     seeds = 1 if ctx.quick else 3
     angles, checks = {}, []
@@ -161,17 +164,23 @@ def ldrl_bp_aligned_end_to_end(ctx) -> Outcome:
         runs = [_e2e_run(ctx, net, B, steps, sigma, s) for s in range(seeds)]
         angles[label] = runs[0]
         hidden = net.names[:-1]
-        top = lambda kind, f=max: worst((r[kind][n] for r in runs for n in hidden), f)  # noqa: E731
+
+        def top(kind, f=max, runs=runs, hidden=hidden):
+            """The worst (max or min) angle of ``kind`` over every seed and hidden block."""
+            return worst((r[kind][n] for r in runs for n in hidden), f)
+
         if "simple_vgg" in label:
             pooled = hidden[:-1]  # targets that pass through a max-pool block's feedback
             checks += [
                 Check("simple_vgg: omega = W, max angle (ELU floor)", top("symmetric"), lt(10.0), "deg"),
                 Check(f"simple_vgg: L-DRL, angle of {hidden[-1]} (fed by the linear fc feedback)",
                       worst(r["trained"][hidden[-1]] for r in runs), lt(30.0), "deg"),
-                Check(f"simple_vgg: L-DRL minus (omega = W), mean angle {pooled[0]}..{pooled[-1]} "
-                      "(routing floor)",
-                      worst((_mean(r["trained"], pooled) - _mean(r["symmetric"], pooled) for r in runs), min),
-                      gt(20.0), "deg"),
+                Check(f"simple_vgg: L-DRL minus (omega = W), mean angle {pooled[0]}..{pooled[-1]}",
+                      float(np.mean([_mean(r["trained"], pooled) - _mean(r["symmetric"], pooled)
+                                     for r in runs])),
+                      measurement(), "deg"),
+                *[Check(f"simple_vgg: L-DRL, angle of {n}", float(np.mean([r["trained"][n] for r in runs])),
+                        measurement(), "deg") for n in pooled],
                 Check("simple_vgg: random feedback, min mean hidden-layer angle",
                       worst((_mean(r["random"], hidden) for r in runs), min), gt(45.0), "deg")]
         else:
@@ -206,7 +215,7 @@ def _mean(d: dict, keys) -> float:
 @claim("dtp-update-decreases-loss",
        "A small step W - eta dW_DTP/beta lowers the mean cross-entropy whenever the DTP update is within "
        "90 deg of BP, by the first-order amount eta <grad CE, dW_DTP/beta> (ratio within 1% at eta = 1e-4)",
-       "theory.md 5.5 (second-order check)", "exact")
+       "docs/theory.md §4.4", "first-order")
 def dtp_update_decreases_loss(ctx) -> Outcome:
     cases, ratios, decreased, aligned = {}, [], 0, 0
     for label, net, kind in (("M1 oracle", nets.m1("jmc"), "oracle"),
@@ -219,8 +228,8 @@ def dtp_update_decreases_loss(ctx) -> Outcome:
         omega = nets.oracle_feedback(net, W, omega) if kind == "oracle" else omega
         scaled, bp = metrics.update_comparison(net, ctx.tree(W), ctx.tree(omega), ctx.to(x), ctx.to(labels),
                                                1e-3)
-        scaled = {b: {k: np.asarray(to_host(v), F64) for k, v in d.items()} for b, d in scaled.items()}
-        bp = {b: {k: np.asarray(to_host(v), F64) for k, v in d.items()} for b, d in bp.items()}
+        scaled = {b: {k: host64(v) for k, v in d.items()} for b, d in scaled.items()}
+        bp = {b: {k: host64(v) for k, v in d.items()} for b, d in bp.items()}
         total = metrics.angle(scaled, bp)
         loss0 = _loss(ctx, net, W, x, labels)
         rows = {}

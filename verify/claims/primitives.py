@@ -3,14 +3,14 @@
 1. ``derivatives-match-finite-differences``: every primitive op of
    :mod:`refdtp.ops` and every block (forward F_n and feedback G_n) of
    simple_vgg, lenet, mlp and small_convnet: JVP, VJP, parameter gradient and
-   parameter JVP against central differences (theory.md 5.2 #1).
+   parameter JVP against central differences (docs/theory.md §9).
 2. ``adjoint-identities``: conv / conv-transpose, max-pool / max-unpool,
    avg-pool / avg-unpool, and <J u, w> = <u, J^T w> for every op and block
-   (algorithm.md 5.6 #7).
+   (docs/theory.md §9).
 3. ``loss-gradients-match-finite-differences``: cross-entropy, BP, the
    forward (target) loss, L-DRL (naive and fused), vanilla DTP and DRL
    gradients against central differences; fused == naive to round-off
-   (theory.md 5.2 #2-3).
+   (docs/theory.md §9).
 
 The analytic side runs on ``ctx.backend``; finite differences run on the host
 in float64 (refdtp.numerical).
@@ -21,11 +21,21 @@ import math
 
 import numpy as np
 
-from refdtp import backprop, feedback, losses, networks, targets
-from refdtp.backend import backend_name, to_backend, to_host
-from refdtp.numerical import flat_params, grad_error, jvp_error, relative_error, vjp_error
-from refdtp.ops import (Act, AvgPool2d, AvgUnpool2d, Conv2d, ConvTranspose2d, Flatten, Linear,
-                        MaxPool2d, MaxUnpool2d, Reshape)
+from refdtp import backprop, feedback, ldrl, losses, networks, targets
+from refdtp.backend import backend_name, to_backend
+from refdtp.numerical import flat_params, grad_error, host64, jvp_error, relative_error, vjp_error
+from refdtp.ops import (
+    Act,
+    AvgPool2d,
+    AvgUnpool2d,
+    Conv2d,
+    ConvTranspose2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    MaxUnpool2d,
+    Reshape,
+)
 from verify import nets
 from verify.registry import Check, Outcome, claim, le, worst
 
@@ -75,6 +85,12 @@ def _ops(rng):
 
 # -- one differentiable map, checked every way --------------------------------
 
+def _measured(result) -> float:
+    """The norm-wise relative error of a finite-difference check, or inf when the checker itself
+    failed it (a structural problem such as a wrong shape or a NaN, or its elementwise tolerance)."""
+    return result.norm_rel if result.passed and not result.problems else math.inf
+
+
 def _map_errors(ctx, forward, p: dict, x: np.ndarray, seed: int, n_dir: int) -> dict:
     """FD errors of jvp, vjp, param_grads and param_jvp of a map given as methods.
 
@@ -87,18 +103,39 @@ def _map_errors(ctx, forward, p: dict, x: np.ndarray, seed: int, n_dir: int) -> 
         {face: relative error (norm-wise, vs finite differences)}.
     """
     pd, cache = ctx.tree(p), forward.forward(ctx.tree(p), ctx.to(x))[1]
-    host = lambda a: np.asarray(to_host(a), F64)  # noqa: E731
-    f = lambda v: forward.forward(p, v)[0]  # noqa: E731
+
+    def f(v):
+        """The map's output at input v (host parameters)."""
+        return forward.forward(p, v)[0]
+
+    def jvp(v, u):
+        """Hand JVP J u at x, on the host."""
+        return host64(forward.jvp(pd, cache, ctx.to(u)))
+
+    def vjp(v, w):
+        """Hand VJP J^T w at x, on the host."""
+        return host64(forward.vjp(pd, cache, ctx.to(w)))
+
     opts = {"seed": seed, "n_directions": n_dir}
-    err = {"jvp": jvp_error(f, lambda v, u: host(forward.jvp(pd, cache, ctx.to(u))), x, **opts).norm_rel,
-           "vjp": vjp_error(f, lambda v, w: host(forward.vjp(pd, cache, ctx.to(w))), x, **opts).norm_rel}
+    err = {"jvp": _measured(jvp_error(f, jvp, x, **opts)),
+           "vjp": _measured(vjp_error(f, vjp, x, **opts))}
     if p:
         vec, unflat = flat_params(p)
-        fp = lambda v: forward.forward(unflat(v), x)[0]  # noqa: E731
-        pg = lambda v, w: _flat(forward.param_grads(pd, cache, ctx.to(w)), order=p)  # noqa: E731
-        pj = lambda v, dp: host(forward.param_jvp(pd, cache, ctx.tree(unflat(dp))))  # noqa: E731
-        err["param_grads"] = vjp_error(fp, pg, vec, **opts).norm_rel
-        err["param_jvp"] = jvp_error(fp, pj, vec, **opts).norm_rel
+
+        def fp(v):
+            """The map's output at x as a function of its flattened parameters."""
+            return forward.forward(unflat(v), x)[0]
+
+        def pg(v, w):
+            """Hand parameter gradient (VJP) at p, flattened in p's key order."""
+            return _flat(forward.param_grads(pd, cache, ctx.to(w)), order=p)
+
+        def pj(v, dp):
+            """Hand parameter JVP at p along the flattened direction dp, on the host."""
+            return host64(forward.param_jvp(pd, cache, ctx.tree(unflat(dp))))
+
+        err["param_grads"] = _measured(vjp_error(fp, pg, vec, **opts))
+        err["param_jvp"] = _measured(jvp_error(fp, pj, vec, **opts))
     return err
 
 
@@ -115,7 +152,9 @@ class _Bound:
 
     def forward(self, p, x):
         name = backend_name(x)
-        move = lambda r: None if r is None else to_backend(r, name)  # noqa: E731
+
+        def move(r):
+            return None if r is None else to_backend(r, name)
         route = tuple(map(move, self.route)) if isinstance(self.route, tuple) else move(self.route)
         return self.f.forward(p, x, route)
 
@@ -137,7 +176,7 @@ def _block_cases(ctx, net, seed: int):
 @claim("derivatives-match-finite-differences",
        "Every primitive op and every block (F_n and G_n) of simple_vgg, lenet, mlp and small_convnet: "
        "hand JVP, VJP, parameter gradient and parameter JVP equal central finite differences (float64)",
-       "theory.md 5.2 #1; style.md D", "exact")
+       "docs/theory.md §9", "exact")
 def derivatives_match_finite_differences(ctx) -> Outcome:
     n_dir = 2 if ctx.quick else 5
     rng = ctx.rng(101)
@@ -149,7 +188,11 @@ def derivatives_match_finite_differences(ctx) -> Outcome:
     for label, net in _networks():
         for part, chain, p, x in _block_cases(ctx, net, 2):
             block_err[f"{label} {part}"] = _map_errors(ctx, chain, p, x, 3, n_dir)
-    top = lambda d: worst(e for v in d.values() for e in v.values())  # noqa: E731
+
+    def top(errors):
+        """The worst error over every map and face."""
+        return worst(e for v in errors.values() for e in v.values())
+
     checks = [Check(f"worst relative error, {len(op_err)} ops", top(op_err), le(1e-7)),
               Check(f"worst relative error, {len(block_err)} block maps", top(block_err), le(1e-7))]
     return Outcome(checks, {"ops": op_err, "blocks": block_err})
@@ -159,7 +202,7 @@ def derivatives_match_finite_differences(ctx) -> Outcome:
 
 def _adjoint_gap(Ju, w, u, JTw) -> float:
     """|<J u, w> - <u, J^T w>| / max(||J u|| ||w||, ||u|| ||J^T w||)."""
-    Ju, w, u, JTw = (np.asarray(to_host(a), F64).ravel() for a in (Ju, w, u, JTw))
+    Ju, w, u, JTw = (host64(a).ravel() for a in (Ju, w, u, JTw))
     scale = max(np.linalg.norm(Ju) * np.linalg.norm(w), np.linalg.norm(u) * np.linalg.norm(JTw))
     return float(abs(Ju @ w - u @ JTw) / scale)
 
@@ -167,7 +210,7 @@ def _adjoint_gap(Ju, w, u, JTw) -> float:
 @claim("adjoint-identities",
        "<Conv_W u, v> = <u, ConvT_W v>, <Pool_idx u, v> = <u, Unpool_idx v> (max and average, "
        "overlapping or not), and <J u, w> = <u, J^T w> for the JVP/VJP of every op and block",
-       "algorithm.md 5.6 #7; theory.md pitfall 12", "exact")
+       "docs/theory.md §9", "exact")
 def adjoint_identities(ctx) -> Outcome:
     rng = ctx.rng(102)
     pairs = {}
@@ -210,13 +253,13 @@ def _jvp_vjp_gap(ctx, f, p, x, rng) -> float:
 # -- claim 3: loss gradients ----------------------------------------------------
 
 def _grad_rel(f_host, grad, x0: np.ndarray, seed: int, directional: bool, eps: float = 1e-6) -> float:
-    return grad_error(f_host, np.asarray(to_host(grad), F64).reshape(x0.shape), x0,
-                      directional=directional, seed=seed, n_directions=4, eps=eps).norm_rel
+    return _measured(grad_error(f_host, host64(grad).reshape(x0.shape), x0,
+                                directional=directional, seed=seed, n_directions=4, eps=eps))
 
 
 def _flat(d: dict, order=None) -> np.ndarray:
     """Arrays of d as one host float64 vector, in the key order of ``order`` (default d's)."""
-    return np.concatenate([np.asarray(to_host(d[k]), F64).ravel() for k in (order or d)])
+    return np.concatenate([host64(d[k]).ravel() for k in (order or d)])
 
 
 def _feedback_cases(ctx, net, seed: int, sigma: float = 0.1) -> dict:
@@ -228,32 +271,51 @@ def _feedback_cases(ctx, net, seed: int, sigma: float = 0.1) -> dict:
     Wd, od, traced = ctx.tree(W), ctx.tree(omega), net.forward(ctx.tree(W), ctx.to(x))
     out = {}
     for n, b in enumerate(net.blocks[1:], start=2):
-        xin, y = trace.s[n - 1], trace.s[n]
-        eps, eta = sigma * rng.standard_normal(xin.shape), sigma * rng.standard_normal(y.shape)
-        route = b.route(trace.caches[n - 1])
-        vec, unflat = flat_params(omega[b.name])
-        small = vec.size <= 64
-        # G is affine in omega, so every feedback loss is quadratic in omega: central
-        # differences have no truncation error at any step, and a large one cuts the
-        # round-off (the DRL loss carries 1/sigma^2 and can be ~1e3 times its gradient).
-        # A loss that is not quadratic would show up as truncation error.
-        h = 1e-1 if b.feedback_is_affine else 1e-6
-        args = (Wd[b.name], od[b.name], traced.s[n - 1], traced.s[n], b.route(traced.caches[n - 1]))
-        naive = feedback.ldrl_grads_naive(b, *args, ctx.to(eps), ctx.to(eta))
-        u = feedback.ldrl_constants(b, traced.s[n], args[-1])
-        fused, _ = feedback.ldrl_grads_fused(b, *args, u, ctx.to(eps), ctx.to(eta))
-        f_ldrl = lambda v: feedback.ldrl_loss(b, W[b.name], unflat(v), xin, y, route, eps, eta)  # noqa: E731
-        f_dtp = lambda v: feedback.dtp_loss(b, W[b.name], unflat(v), xin, eps)  # noqa: E731
-        f_drl = lambda v: feedback.drl_loss(  # noqa: E731
-            net, W, {**omega, b.name: unflat(v)}, trace, n, eps, sigma)
-        dtp, _ = feedback.dtp_grads(b, Wd[b.name], od[b.name], traced.s[n - 1], ctx.to(eps))
-        drl, _ = feedback.drl_grads(net, Wd, od, traced, n, ctx.to(eps), sigma)
-        out[b.name] = {"ldrl_naive": _grad_rel(f_ldrl, _flat(naive), vec, n, not small, h),
-                       "ldrl_fused": _grad_rel(f_ldrl, _flat(fused), vec, n, not small, h),
-                       "fused_vs_naive": relative_error(_flat(fused), _flat(naive)),
-                       "dtp": _grad_rel(f_dtp, _flat(dtp), vec, n, not small, h),
-                       "drl": _grad_rel(f_drl, _flat(drl), vec, n, not small, h)}
+        out[b.name] = _feedback_block_errors(ctx, net, n, (W, omega, trace), (Wd, od, traced), rng, sigma)
     return out
+
+
+def _feedback_block_errors(ctx, net, n: int, host: tuple, dev: tuple, rng, sigma: float) -> dict:
+    """Block n's part of :func:`_feedback_cases`; host, dev: (W, omega, trace) on the host, on ctx.backend.
+
+    Draws the noise eps (input) and eta (output) from ``rng``, in that order.
+    """
+    (W, omega, trace), (Wd, od, traced) = host, dev
+    b = net.blocks[n - 1]
+    xin, y = trace.s[n - 1], trace.s[n]
+    eps, eta = sigma * rng.standard_normal(xin.shape), sigma * rng.standard_normal(y.shape)
+    route = b.route(trace.caches[n - 1])
+    vec, unflat = flat_params(omega[b.name])
+    small = vec.size <= 64
+    # G is affine in omega, so every feedback loss is quadratic in omega: central
+    # differences have no truncation error at any step, and a large one cuts the
+    # round-off (the DRL loss carries 1/sigma^2 and can be ~1e3 times its gradient).
+    # A loss that is not quadratic would show up as truncation error.
+    h = 1e-1 if b.feedback_is_affine else 1e-6
+    args = (Wd[b.name], od[b.name], traced.s[n - 1], traced.s[n], b.route(traced.caches[n - 1]))
+    naive = ldrl.ldrl_grads_naive(b, *args, ctx.to(eps), ctx.to(eta))
+    u = ldrl.ldrl_constants(b, traced.s[n], args[-1])
+    fused, _ = ldrl.ldrl_grads_fused(b, *args, u, ctx.to(eps), ctx.to(eta))
+
+    def f_ldrl(v):
+        """The L-DRL loss of block n as a function of its flattened feedback parameters."""
+        return ldrl.ldrl_loss(b, W[b.name], unflat(v), xin, y, route, eps, eta)
+
+    def f_dtp(v):
+        """The vanilla DTP reconstruction loss, likewise."""
+        return feedback.dtp_loss(b, W[b.name], unflat(v), xin, eps)
+
+    def f_drl(v):
+        """The DRL loss, likewise."""
+        return feedback.drl_loss(net, W, {**omega, b.name: unflat(v)}, trace, n, eps, sigma)
+
+    dtp, _ = feedback.dtp_grads(b, Wd[b.name], od[b.name], traced.s[n - 1], ctx.to(eps))
+    drl, _ = feedback.drl_grads(net, Wd, od, traced, n, ctx.to(eps), sigma)
+    return {"ldrl_naive": _grad_rel(f_ldrl, _flat(naive), vec, n, not small, h),
+            "ldrl_fused": _grad_rel(f_ldrl, _flat(fused), vec, n, not small, h),
+            "fused_vs_naive": relative_error(_flat(fused), _flat(naive)),
+            "dtp": _grad_rel(f_dtp, _flat(dtp), vec, n, not small, h),
+            "drl": _grad_rel(f_drl, _flat(drl), vec, n, not small, h)}
 
 
 def _forward_cases(ctx, net, seed: int, beta: float = 0.3) -> dict:
@@ -274,7 +336,7 @@ def _forward_cases(ctx, net, seed: int, beta: float = 0.3) -> dict:
     def f_ce(v):
         return losses.cross_entropy(net.logits(nest(v), x), labels)
 
-    def f_fwd(v):  # block losses with each block's input detached (algorithm.md 3.3)
+    def f_fwd(v):  # block losses with each block's input detached (docs/algorithm.md §3.3)
         Wv = nest(v)
         return sum(0.5 * ((b.forward(Wv[b.name], trace.s[n])[0] - tgts[n + 1]) ** 2).sum()
                    for n, b in enumerate(net.blocks)) / x.shape[0]
@@ -283,8 +345,11 @@ def _forward_cases(ctx, net, seed: int, beta: float = 0.3) -> dict:
     bp = backprop.cross_entropy_gradients(net, Wd, ctx.to(x), ctx.to(labels))
     traced = net.forward(Wd, ctx.to(x))
     fl = targets.forward_loss_grads(net, Wd, traced, [None if t is None else ctx.to(t) for t in tgts])
-    order = lambda g: np.concatenate([np.asarray(to_host(g[b][n]), F64).ravel()  # noqa: E731
-                                      for k in flatW for b, n in [k.rsplit(".", 1)]])
+
+    def order(g):
+        """A nested gradient dict as one host vector, in flatW's order."""
+        return np.concatenate([host64(g[b][n]).ravel() for k in flatW for b, n in [k.rsplit(".", 1)]])
+
     small = vec.size <= 64
     return {"bp_mean_ce": _grad_rel(f_ce, order(bp), vec, 1, not small),
             "forward_loss": _grad_rel(f_fwd, order(fl), vec, 2, not small)}
@@ -293,16 +358,16 @@ def _forward_cases(ctx, net, seed: int, beta: float = 0.3) -> dict:
 @claim("loss-gradients-match-finite-differences",
        "Gradients of cross-entropy, half-MSE, BP (mean CE), the DTP forward loss, L-DRL (naive and fused), "
        "vanilla DTP and DRL equal central finite differences (float64); fused L-DRL == naive to round-off",
-       "theory.md 5.2 #2-3; algorithm.md 10", "exact")
+       "docs/theory.md §9; docs/algorithm.md §4.1, §4.2", "exact")
 def loss_gradients_match_finite_differences(ctx) -> Outcome:
     rng = ctx.rng(103)
     z, labels, t = rng.standard_normal((4, 5)), rng.integers(0, 5, 4), rng.standard_normal((4, 5))
     out = {}
     for red in losses.REDUCTIONS:
         ce_grad = losses.cross_entropy_grad(ctx.to(z), ctx.to(labels), red)
-        out[f"cross_entropy {red}"] = _grad_rel(lambda v: losses.cross_entropy(v, labels, red), ce_grad, z, 0,
-                                                False)
-        out[f"half_mse {red}"] = _grad_rel(lambda v: losses.half_mse(v, t, red),
+        out[f"cross_entropy {red}"] = _grad_rel(lambda v, red=red: losses.cross_entropy(v, labels, red),
+                                                ce_grad, z, 0, False)
+        out[f"half_mse {red}"] = _grad_rel(lambda v, red=red: losses.half_mse(v, t, red),
                                            losses.half_mse_grad(ctx.to(z), ctx.to(t), red), z, 0, False)
     fb = {}
     for label, net in _networks():

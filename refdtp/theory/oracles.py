@@ -3,26 +3,29 @@
 Constructed feedback weights whose composite Jacobian is known in closed form
 (exact inverses, layer-wise pseudo-inverses, transposes, the greedy DRL
 minimiser and its closed form over an antithetic noise set), and the small
-MLPs they live in. Meulemans et al. 2020 (arXiv 2006.14331); theory.md 2-3,
-5.3-5.4, 8.3. The Gauss-Newton references themselves are in
-:mod:`refdtp.gauss_newton`.
+MLPs they live in. Meulemans et al. 2020 (arXiv 2006.14331); docs/theory.md §5,
+§6. The Gauss-Newton references themselves are in
+:mod:`refdtp.theory.gauss_newton`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .activations import Activation
-from .backend import array_module
-from .blocks import Block
-from .feedback import drl_reconstruction
-from .gauss_newton import RCOND, _host64, _like, _unit_rows, damped_pinv, total_jacobians
-from .networks import Network, Trace
-from .ops import Act, Linear
+from ..activations import Activation
+from ..backend import array_module
+from ..blocks import Block
+from ..feedback import drl_reconstruction
+from ..networks import Network, Trace
+from ..numerical import host64
+from ..ops import Act, Linear
+from .gauss_newton import RCOND, damped_pinv, like, total_jacobians
+from .jacobians import unit_batch
+
 
 def _mlp(widths, activation, output_activation, feedback_ops, name: str) -> Network:
     """Blocks Linear -> [activation] (none for None/"identity"), G_n = feedback_ops(F_n's ops)."""
     blocks = []
-    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:], strict=False)):  # consecutive pairs
         act = activation if i < len(widths) - 2 else output_activation
         forward = [Linear(n_in, n_out)] + ([] if act in (None, "identity") else [Act((n_out,), act)])
         blocks.append(Block(f"fc_{i}", forward, feedback_ops(forward)))
@@ -33,9 +36,9 @@ def linear_feedback_mlp(widths, activation: str | None = "tanh",
                         output_activation: str | None = None) -> Network:
     """MLP whose feedback maps are single Linear ops, G_n(y) = V_n y + c_n.
 
-    Layer-wise linear feedback (theory.md 5.3 O-GN, 5.4 DTP-DRL): J_{G_n} = V_n
+    Layer-wise linear feedback (docs/theory.md §5.4, §6.3): J_{G_n} = V_n
     for every sample, so the composite feedback Jacobian is V_{n+1} ... V_N.
-    Activation None or "identity" gives a linear block (theory.md M2).
+    Activation None or "identity" gives a linear block (M2 of docs/theory.md §1.3).
     """
     return _mlp(widths, activation, output_activation,
                 lambda f: [Linear(f[0].n_out, f[0].n_in)], "linear_feedback_mlp")
@@ -50,7 +53,7 @@ def inverse_activation(act: Activation) -> Activation:
 
 def exact_inverse_mlp(widths, activation: str = "tanh", output_activation: str | None = None) -> Network:
     """MLP with feedback G_n = [s^{-1}, Linear]; with :func:`exact_inverse_feedback`
-    G_n = F_n^{-1} exactly (theory.md M3, O-exact-inverse). Widths must be equal."""
+    G_n = F_n^{-1} exactly (M3 of docs/theory.md §1.3; §5.3). Widths must be equal."""
     def feedback(f):
         inverse = [Act(f[1].out_shape, inverse_activation(f[1].act))] if len(f) > 1 else []
         return inverse + [Linear(f[0].n_out, f[0].n_in)]
@@ -62,10 +65,10 @@ def _feedback_from(net: Network, W: dict, weight_fn) -> dict:
     omega = {}
     for block in net.blocks:
         Wn = W[block.name]
-        V = weight_fn(_host64(Wn["weight"]))
-        om = {"weight": _like(V, Wn["weight"])}
+        V = weight_fn(host64(Wn["weight"]))
+        om = {"weight": like(V, Wn["weight"])}
         if "bias" in Wn:
-            om["bias"] = _like(-V @ _host64(Wn["bias"]), Wn["bias"])
+            om["bias"] = like(-V @ host64(Wn["bias"]), Wn["bias"])
         omega[block.name] = om
     return omega
 
@@ -74,19 +77,19 @@ def exact_inverse_feedback(net: Network, W: dict) -> dict:
     """omega making G_n(y) = W_n^{-1}(s^{-1}(y) - b_n) = F_n^{-1}(y) (square, invertible W_n).
 
     Target propagation with exact inverses gives GN targets to O(beta)
-    (Meulemans et al. 2020 section 3, recalled; theory.md 2.1, 5.3).
+    (Meulemans et al. 2020 section 3, recalled; docs/theory.md §5.3).
     """
     return _feedback_from(net, W, np.linalg.inv)
 
 
 def layerwise_pinv_feedback(net: Network, W: dict, rcond: float = RCOND) -> dict:
     """omega with V_n = W_n^+: each layer's local pseudo-inverse (plain DTP's small-sigma
-    reconstruction optimum of a linear layer, theory.md 2.3); not GN in general."""
+    reconstruction optimum of a linear layer, docs/theory.md §5.4); not GN in general."""
     return _feedback_from(net, W, lambda M: damped_pinv(M, 0.0, rcond))
 
 
 def transpose_feedback(net: Network, W: dict) -> dict:
-    """omega with V_n = W_n^T: the Jacobian-matching (BP) feedback of a linear net (theory.md 3.2)."""
+    """omega with V_n = W_n^T: the Jacobian-matching (BP) feedback of a linear net (docs/theory.md §4.1)."""
     return _feedback_from(net, W, lambda M: M.T.copy())
 
 
@@ -95,7 +98,7 @@ def feedback_composite(net: Network, omega: dict, trace: Trace, n: int) -> np.nd
 
     The Jacobian of the difference-corrected feedback path from the output down
     to s_n, every G_m linearised at the forward pass with its clean route
-    (theory.md 1 linearisation identity: t_n - s_n = -beta J_gbar e + O(beta^2)).
+    (docs/theory.md §1.2 linearisation identity: t_n - s_n = -beta J_gbar e + O(beta^2)).
     """
     N, s_N = len(net), trace.s[-1]
     caches = {}
@@ -104,10 +107,10 @@ def feedback_composite(net: Network, omega: dict, trace: Trace, n: int) -> np.nd
         caches[m] = block.feedback(omega[block.name], trace.s[m], block.route(trace.caches[m - 1]))[1]
     cols = []
     for k in range(int(np.prod(s_N.shape[1:]))):
-        d = _unit_rows(s_N, s_N.shape[1:], k)
+        d = unit_batch(array_module(s_N), s_N.shape[0], s_N.shape[1:], k, s_N.dtype)
         for m in range(N, n, -1):
             d = net.blocks[m - 1].feedback_jvp(omega[net.blocks[m - 1].name], caches[m], d)
-        cols.append(_host64(d).reshape(s_N.shape[0], -1))
+        cols.append(host64(d).reshape(s_N.shape[0], -1))
     return np.stack(cols, axis=2)
 
 
@@ -123,7 +126,7 @@ def greedy_drl_feedback(net: Network, W: dict, omega: dict, trace: Trace, lam: f
     For linear feedback G_n(y) = V_n y + c_n, with C_n = V_{n+1} ... V_N
     (C_N = I) and A_n = C_n J_{n-1}, the small-sigma DRL objective
     ||V_n A_n - I||_F^2 + lam ||V_n||_F^2 has the minimiser
-    V_n = A_n^T (A_n A_n^T + lam I)^{-1} (theory.md 2.3 condition 5, 8.3;
+    V_n = A_n^T (A_n A_n^T + lam I)^{-1} (docs/theory.md §6.2, §6.3;
     Meulemans et al. 2020 section 4, recalled). The top composite V_N is the
     damped pseudo-inverse of J_{N-1}; for lam -> 0 and full-rank upper
     composites every C_n -> J_n^+. Uses the Jacobians of one sample: exact for
@@ -136,28 +139,33 @@ def greedy_drl_feedback(net: Network, W: dict, omega: dict, trace: Trace, lam: f
         _check_linear_feedback(block, "greedy_drl_feedback")
         V = damped_pinv(C @ J[n - 1][sample], lam)
         ref = omega[block.name]
-        omega[block.name] = {k: (_like(V, a) if k == "weight" else 0 * a) for k, a in ref.items()}
+        omega[block.name] = {k: (like(V, a) if k == "weight" else 0 * a) for k, a in ref.items()}
         C = V @ C
     return omega
 
 
-def antithetic_noise(shape: tuple, sigma: float) -> np.ndarray:
-    """The 2d noise vectors +-sigma sqrt(d) e_k (d = prod(shape)), (2d, *shape) host.
+def antithetic_design(shape: tuple, sigma: float, mean_covariance: bool = False) -> np.ndarray:
+    """The 2d antithetic noise rows +-s e_k, d = prod(shape): a (2d, *shape) host array.
 
-    Their mean outer product is exactly sigma^2 I, the Gaussian's; odd moments
-    vanish (theory.md 5.4 "noise design"), so only the O(sigma^2) bias remains.
+    Odd moments vanish exactly (docs/theory.md §3.3, "antithetic coordinate design"). Two scalings:
+
+    - s = sigma: the rows' outer products sum to 2 sigma^2 I, so half the sum of a
+      polynomial of degree <= 3 over the rows is its expectation under
+      N(0, sigma^2 I) (expectations as half sums, :func:`verify.nets.ldrl_expected`);
+    - s = sigma sqrt(d) (``mean_covariance``): the *mean* outer product is
+      sigma^2 I, the Gaussian's (oracles that average over the rows as a batch).
     """
     d = int(np.prod(shape))
-    unit = np.sqrt(d) * sigma * np.eye(d)
+    unit = (sigma * np.sqrt(d) if mean_covariance else sigma) * np.eye(d)
     return np.concatenate([unit, -unit]).reshape((2 * d,) + tuple(shape))
 
 
 def antithetic_batch(x, shape: tuple, sigma: float):
     """(x repeated 2d times per sample, the antithetic noise tiled to match), on x's backend."""
-    noise = antithetic_noise(shape, sigma)
+    noise = antithetic_design(shape, sigma, mean_covariance=True)
     xp = array_module(x)
     eps = np.tile(noise, (x.shape[0],) + (1,) * len(shape))
-    return xp.repeat(x, len(noise), axis=0), _like(eps, x)
+    return xp.repeat(x, len(noise), axis=0), like(eps, x)
 
 
 def drl_closed_form(net: Network, W: dict, omega: dict, trace: Trace, n: int, eps, sigma: float,
@@ -188,10 +196,10 @@ def drl_closed_form(net: Network, W: dict, omega: dict, trace: Trace, n: int, ep
     route = block.route(trace.caches[n - 1])
     B = eps.shape[0]
     du = block.feedback_features(r_n, route) - block.feedback_features(trace.s[n], route)
-    U = _host64(du).reshape(B, -1)
-    Vt = damped_pinv(U, wd * B * sigma ** 2 / 2, rcond) @ _host64(eps).reshape(B, -1)
+    U = host64(du).reshape(B, -1)
+    Vt = damped_pinv(U, wd * B * sigma ** 2 / 2, rcond) @ host64(eps).reshape(B, -1)
     ref = omega[block.name]
-    return {k: (_like(Vt.T, a) if k == "weight" else 0 * a) for k, a in ref.items()}
+    return {k: (like(Vt.T, a) if k == "weight" else 0 * a) for k, a in ref.items()}
 
 
 def drl_closed_form_all(net: Network, W: dict, omega: dict, x, sigma: float, wd: float,

@@ -1,12 +1,12 @@
 """Gauss-Newton references for small networks of refdtp blocks (float64, no autograd).
 
 Meulemans et al. 2020, "A theoretical framework for target propagation"
-(arXiv 2006.14331); theory.md sections 2, 3.1, 5.3-5.4 and 8. Everything here
+(arXiv 2006.14331); docs/theory.md §5, §6. Everything here
 is an *oracle* for the verification suite: exact per-sample Jacobians built
 from the blocks' hand-written jvp/vjp with identity columns, the Gauss-Newton
 (GN) targets and updates computed from them by dense linear algebra, and
 constructed feedback weights (exact inverses, layer-wise pseudo-inverses, the
-DRL minimiser) live in :mod:`refdtp.gn_oracles`.
+DRL minimiser) live in :mod:`refdtp.theory.oracles`.
 
 Conventions:
 
@@ -24,22 +24,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import array_module, backend_name, to_backend, to_host
-from .backprop import backprop
-from .networks import Network, Trace
-from .targets import forward_loss_grads, propagate_targets
+from ..backend import array_module, backend_name, to_backend, to_host
+from ..backprop import backprop
+from ..networks import Network, Trace
+from ..numerical import host64
+from ..targets import forward_loss_grads, propagate_targets
+from .jacobians import unit_batch
 
 #: Relative singular-value cutoff of the SVD pseudo-inverse (as numpy.linalg.pinv's rcond).
 RCOND = 1e-12
-#: Singular values below NULL_RTOL * s_max span the null space (theory.md 5.3).
+#: Singular values below NULL_RTOL * s_max span the null space (docs/theory.md §5.4).
 NULL_RTOL = 1e-10
 
 
-def _host64(a) -> np.ndarray:
-    return np.asarray(to_host(a), dtype=np.float64)
-
-
-def _like(a: np.ndarray, ref):
+def like(a: np.ndarray, ref):
     """Host array -> the backend and dtype of ``ref``."""
     return to_backend(a, backend_name(ref), ref.dtype)
 
@@ -51,9 +49,9 @@ def damped_pinv(J, lam: float = 0.0, rcond: float = RCOND) -> np.ndarray:
 
     From the SVD J = U diag(s) V^T this is V diag(s / (s^2 + lam)) U^T, which
     also equals (J^T J + lam I)^{-1} J^T (push-through identity) and stays
-    accurate when J J^T is singular (theory.md pitfall 4). Singular values
+    accurate when J J^T is singular (docs/theory.md §5.1). Singular values
     <= rcond * s_max are dropped, as in numpy.linalg.pinv. Damped GN targets,
-    Meulemans et al. 2020 section 3; theory.md 2.1.
+    Meulemans et al. 2020 section 3, unconfirmed numbering; docs/theory.md §5.1.
 
     Args:
         J: (..., m, n) matrices (any backend).
@@ -65,19 +63,19 @@ def damped_pinv(J, lam: float = 0.0, rcond: float = RCOND) -> np.ndarray:
     """
     if lam < 0:
         raise ValueError(f"damped_pinv: damping must be >= 0, got {lam}")
-    U, s, Vt = np.linalg.svd(_host64(J), full_matrices=False)
+    U, s, Vt = np.linalg.svd(host64(J), full_matrices=False)
     keep = s > rcond * s.max(axis=-1, keepdims=True, initial=0.0)
     f = np.divide(s, s * s + lam, out=np.zeros_like(s), where=keep)
     return np.swapaxes(Vt, -1, -2) @ (f[..., :, None] * np.swapaxes(U, -1, -2))
 
 
 def gn_direction(J, e, lam: float = 0.0, rcond: float = RCOND) -> np.ndarray:
-    """Per-sample J_b^T (J_b J_b^T + lam I)^{-1} e_b, the GN direction (theory.md 2.1).
+    """Per-sample J_b^T (J_b J_b^T + lam I)^{-1} e_b, the GN direction (docs/theory.md §5.1).
 
     The GN target is dh = -beta * this; for lam = 0 it is the minimum-norm dh
     with J dh = -beta e. Args: J (B, m, n), e (B, m) or (B, *shape). Returns (B, n) host.
     """
-    e = _host64(e).reshape(len(J), -1)
+    e = host64(e).reshape(len(J), -1)
     return np.einsum("bnm,bm->bn", damped_pinv(J, lam, rcond), e)
 
 
@@ -85,14 +83,14 @@ def nullspace_ratio(J_theta, v, rtol: float = NULL_RTOL) -> float:
     """||V_null^T v|| / ||v||, the part of an update in the null space of J_theta.
 
     V_null: right singular vectors of J_theta with singular value < rtol * s_max
-    (and those beyond its rank). TF20 `utils.nullspace_relative_norm`; theory.md 4.1.
+    (and those beyond its rank). TF20 `utils.nullspace_relative_norm`; docs/theory.md §5.4.
     An update of the form J_theta^T y (BP, GN) gives 0.
 
     Args:
         J_theta: (rows, p) Jacobian of the batch output w.r.t. one block's parameters.
         v: (p,) flattened update (same parameter order as the columns).
     """
-    J_theta, v = _host64(J_theta), _host64(v).ravel()
+    J_theta, v = host64(J_theta), host64(v).ravel()
     _, s, Vt = np.linalg.svd(J_theta, full_matrices=True)
     rank = int(np.sum(s >= rtol * s.max(initial=0.0)))
     return float(np.linalg.norm(Vt[rank:] @ v) / np.linalg.norm(v))
@@ -100,25 +98,17 @@ def nullspace_ratio(J_theta, v, rtol: float = NULL_RTOL) -> float:
 
 # -- Jacobians --------------------------------------------------------------------
 
-def _unit_rows(ref, shape: tuple, k: int):
-    """(B, *shape) array with 1 at flat position k of every sample, on ref's backend."""
-    xp = array_module(ref)
-    u = xp.zeros((ref.shape[0], int(np.prod(shape))), dtype=ref.dtype)
-    u[:, k] = 1
-    return u.reshape((ref.shape[0],) + tuple(shape))
-
-
 def total_jacobians(net: Network, W: dict, trace: Trace) -> list:
     """[J_0, ..., J_N] with J_n (B, d_N, d_n) = ds_N/ds_n per sample (J_N = I).
 
     Row k of J_n is J_n^T u_k = J_{F_{n+1}}^T ... J_{F_N}^T u_k: the unit output
-    vector u_k pushed down by each block's ``forward_vjp`` (theory.md 1:
+    vector u_k pushed down by each block's ``forward_vjp`` (docs/theory.md §1.1:
     J_i = J_{f_L} ... J_{f_{i+1}}).
     """
     N, s_N = len(net), trace.s[-1]
     rows = [[] for _ in range(N + 1)]
     for k in range(int(np.prod(s_N.shape[1:]))):
-        delta = _unit_rows(s_N, s_N.shape[1:], k)
+        delta = unit_batch(array_module(s_N), s_N.shape[0], s_N.shape[1:], k, s_N.dtype)
         rows[N].append(to_host(delta))
         for n in range(N, 0, -1):
             block = net.blocks[n - 1]
@@ -133,7 +123,7 @@ def pre_jacobians(net: Network, W: dict, trace: Trace, jacobians: list | None = 
     """[None, J_1^pre, ..., J_N^pre] with J_n^pre (B, d_N, size z_n) = ds_N/dz_n.
 
     z_n is the output of block n's weight op (the pre-activation a_n of
-    theory.md 1, so J_n^pre = J_n D_n for Linear -> activation). Each row of J_n
+    docs/theory.md §1.1, so J_n^pre = J_n D_n for Linear -> activation). Each row of J_n
     is pulled back through the ops after the weight op.
     """
     J = total_jacobians(net, W, trace) if jacobians is None else jacobians
@@ -141,7 +131,7 @@ def pre_jacobians(net: Network, W: dict, trace: Trace, jacobians: list | None = 
     for n, block in enumerate(net.blocks, start=1):
         k, caches, Wn = block.F.param_index, trace.caches[n - 1], W[block.name]
         B, d_N = J[n].shape[:2]
-        rows = [to_host(block.F.vjp(Wn, caches, _like(J[n][:, i].reshape(trace.s[n].shape), trace.s[n]),
+        rows = [to_host(block.F.vjp(Wn, caches, like(J[n][:, i].reshape(trace.s[n].shape), trace.s[n]),
                                     stop=k + 1)).reshape(B, -1) for i in range(d_N)]
         out.append(np.stack(rows, axis=1).astype(np.float64))
     return out
@@ -149,7 +139,7 @@ def pre_jacobians(net: Network, W: dict, trace: Trace, jacobians: list | None = 
 
 def flatten_update(update: dict, order: dict) -> np.ndarray:
     """A block's parameter dict as one float64 host vector, keys in the order of ``order``."""
-    return np.concatenate([_host64(update[k]).ravel() for k in order])
+    return np.concatenate([host64(update[k]).ravel() for k in order])
 
 
 def param_jacobian(net: Network, W: dict, trace: Trace, n: int) -> np.ndarray:
@@ -171,7 +161,7 @@ def param_jacobian(net: Network, W: dict, trace: Trace, n: int) -> np.ndarray:
             for m in range(n + 1, len(net) + 1):
                 upper = net.blocks[m - 1]
                 ds = upper.forward_jvp(W[upper.name], trace.caches[m - 1], ds)
-            cols.append(_host64(ds).ravel())
+            cols.append(host64(ds).ravel())
     return np.stack(cols, axis=1)
 
 
@@ -181,13 +171,13 @@ def gn_targets(net: Network, W: dict, trace: Trace, e, beta: float, lam: float =
                jacobians: list | None = None) -> list:
     """[None, t_1, ..., t_N] with t_n = s_n - beta J_n^T (J_n J_n^T + lam I)^{-1} e, per sample.
 
-    Post-activation GN targets (Meulemans et al. 2020 section 3; theory.md 2.1).
+    Post-activation GN targets (Meulemans et al. 2020 section 3; docs/theory.md §5.1).
     """
     J = total_jacobians(net, W, trace) if jacobians is None else jacobians
     targets = [None]
     for n in range(1, len(net) + 1):
         dh = -beta * gn_direction(J[n], e, lam)
-        targets.append(trace.s[n] + _like(dh.reshape(trace.s[n].shape), trace.s[n]))
+        targets.append(trace.s[n] + like(dh.reshape(trace.s[n].shape), trace.s[n]))
     return targets
 
 
@@ -199,7 +189,7 @@ def gnt_post_grads(net: Network, W: dict, trace: Trace, e, beta: float, lam: flo
     (1/B) sum_b [beta J_n^{bT}(J_n^b J_n^{bT} + lam I)^{-1} e_b] pushed through
     F_n's parameter gradient, with the batch mean, 1/2 and bias handling of
     :func:`refdtp.targets.forward_loss_grads`, so it compares directly with a
-    DTP update. TF20 `DTPLayer.compute_gnt_updates`; theory.md 2.1, pitfall 3.
+    DTP update. TF20 `DTPLayer.compute_gnt_updates`; docs/theory.md §5.2.
 
     Returns:
         (grads, GN targets).
@@ -210,7 +200,7 @@ def gnt_post_grads(net: Network, W: dict, trace: Trace, e, beta: float, lam: flo
 
 def gnt_pre_grads(net: Network, W: dict, trace: Trace, e, beta: float, lam: float = 0.0,
                   jacobians: list | None = None) -> dict:
-    """The GNT-pre update: GN targets on the weight op's output z_n (theory.md 2.1, 8.1).
+    """The GNT-pre update: GN targets on the weight op's output z_n (docs/theory.md §5.2).
 
     grads_n = (dz_n/dW_n)^T [beta J_n^{pre T}(J_n^pre J_n^{pre T} + lam I)^{-1} e] / B,
     the gradient of (1/B) sum_b 1/2 ||z_n - t_n^pre||^2 with the block input fixed.
@@ -220,7 +210,7 @@ def gnt_pre_grads(net: Network, W: dict, trace: Trace, e, beta: float, lam: floa
     for n, block in enumerate(net.blocks, start=1):
         k, caches = block.F.param_index, trace.caches[n - 1]
         z_shape = block.F.ops[k].out_shape
-        signal = _like((beta / B) * gn_direction(P[n], e, lam).reshape((B,) + tuple(z_shape)), trace.s[n])
+        signal = like((beta / B) * gn_direction(P[n], e, lam).reshape((B,) + tuple(z_shape)), trace.s[n])
         grads[block.name] = block.F.ops[k].param_grads(W[block.name], caches[k], signal)
     return grads
 
@@ -230,15 +220,15 @@ def block_gn_grads(net: Network, W: dict, trace: Trace, e, lam: float = 0.0) -> 
 
     The GN step is Delta theta_n = -d_n (minimum-norm -J_theta^+ e for lam = 0);
     J_theta_n stacks the B samples' rows (TF20 `compute_damped_gn_update`, the
-    "GN angle"; theory.md 2.2). Returned as gradient-like dicts.
+    "GN angle"; docs/theory.md §5.2). Returned as gradient-like dicts.
     """
     B, grads = trace.s[0].shape[0], {}
-    e_vec = _host64(e).reshape(B, -1).ravel()
+    e_vec = host64(e).reshape(B, -1).ravel()
     for n, block in enumerate(net.blocks, start=1):
         d = damped_pinv(param_jacobian(net, W, trace, n), lam) @ e_vec
         Wn, out, at = W[block.name], {}, 0
         for key, arr in Wn.items():
-            out[key] = _like(d[at:at + arr.size].reshape(arr.shape), arr)
+            out[key] = like(d[at:at + arr.size].reshape(arr.shape), arr)
             at += arr.size
         grads[block.name] = out
     return grads

@@ -1,0 +1,26 @@
+"""Which L-DRL plan a block gets: the fastest one that applies (all are checked equal to the reference)."""
+from __future__ import annotations
+
+from ..blocks import Block
+from .conv_pool import ConvPoolPlan
+from .plans import FirstLayerPlan, FusedPlan, Plan, ReferencePlan
+
+#: Fastest first; ReferencePlan applies to every block.
+PLANS = (ConvPoolPlan, FirstLayerPlan, FusedPlan, ReferencePlan)
+
+
+def applicable_plans(block: Block) -> list[type[Plan]]:
+    """Every plan class that applies to the block, fastest first (tests check each one)."""
+    return [cls for cls in PLANS if cls.supports(block)]
+
+
+def make_plan(block: Block, W: dict, x, y, route, routing: str = "noisy") -> Plan:
+    """The fastest plan for block n on one batch.
+
+    Args:
+        block, W: the block and its (frozen) forward parameters.
+        x: (B, *in_shape) block input; y: (B, *out_shape) its output.
+        route: the clean pass's pool indices.
+        routing: "noisy" (the paper's rule for G(F(x + eps))) or "clean".
+    """
+    return applicable_plans(block)[0](block, W, x, y, route, routing)

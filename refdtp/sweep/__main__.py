@@ -1,0 +1,7 @@
+"""``python -m refdtp.sweep``: see :mod:`refdtp.sweep.cli`."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
