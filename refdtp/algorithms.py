@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import Noise, array_module, backend_name, blas_threads, current_blas_threads
+from .backend import Noise, array_module, backend_name, blas_threads
 from .backprop import backprop
 from .config import Config
 from .feedback import drl_grads, dtp_grads
@@ -30,6 +30,7 @@ from .losses import accuracy, cross_entropy, cross_entropy_grad
 from .networks import Network, Trace
 from .optim import SGD, flatten, make_optimizer, unflatten
 from .targets import dtp_forward_grads, forward_loss
+from .threads import current_blas_threads
 
 NOISE_KEY = 7
 #: Algorithms whose step lives in refdtp.family: FW-DTP (fixed feedback) and DDTP-linear (direct feedback).
@@ -149,7 +150,7 @@ def feedback_workers(backend: str, n_blocks: int, workers: int | None = None) ->
     """How many blocks train their feedback at once (None: automatic).
 
     On the CPU, blocks run in threads, one per BLAS thread the run may use now
-    (:func:`refdtp.backend.current_blas_threads`: the run's choice from its free
+    (:func:`refdtp.threads.current_blas_threads`: the run's choice from its free
     cores and load, or ``--threads``); numpy releases the GIL in BLAS and in its
     array loops, and the elementwise work is single-threaded, so sequential
     blocks would leave cores idle. On the GPU, one at a time.

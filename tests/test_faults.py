@@ -28,7 +28,6 @@ from tree_asserts import assert_same_tree
 from refdtp.training import evaluate_cli, storage
 from refdtp.training.checkpoint import load_checkpoint
 from refdtp.training.cli import main
-from refdtp.training.epochs import position
 from refdtp.training.resume import find_checkpoint
 
 TINY = ["--preset", "demo", "--quiet", "--set", "channels=[4,8]", "feedback_iterations=[2,2]"]
@@ -316,7 +315,6 @@ def _kill_resume_evaluate(tmp_path, capsys, uninterrupted, seed):
     _kill_after(run_dir, int(rng.integers(0, 3)), rng.uniform(0.0, 1.0))
     header, _ = load_checkpoint(find_checkpoint(run_dir))  # a valid checkpoint always remains
     assert header["global_step"] <= 18
-    print(f"killed at {position(header['epoch'], header['step'])}")
     assert main(["--resume", "--quiet", "--threads", "1", "--out", str(run_dir)]) == 0, capsys.readouterr()
     _assert_same_run(uninterrupted, run_dir)
     assert json.loads((run_dir / "report.json").read_text())["preset"] == "demo", "the preset was lost"

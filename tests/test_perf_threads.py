@@ -1,24 +1,23 @@
-"""The per-run BLAS thread rule (refdtp.backend.choose_blas_threads) and its wiring."""
+"""The per-run BLAS thread rule (refdtp.threads.choose_blas_threads) and its wiring."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from refdtp import backend
-from refdtp.backend import SMALL_GEMM_FLOPS, choose_blas_threads
+from refdtp import threads
 from refdtp.networks import simple_vgg
+from refdtp.threads import SMALL_GEMM_FLOPS, choose_blas_threads, run_threads
 from refdtp.training.cli import main
-from refdtp.training.run import run_threads
 
 
 @pytest.fixture
 def machine(monkeypatch):
     """Set (cores, 1-minute load) of a fake host; this process has used no CPU time."""
     def set_(cores: int, load: float, cpu_seconds: float = 0.0):
-        monkeypatch.setattr(backend.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-        monkeypatch.setattr(backend.os, "getloadavg", lambda: (load, load, load))
-        monkeypatch.setattr(backend.time, "process_time", lambda: cpu_seconds)
+        monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+        monkeypatch.setattr(threads.os, "getloadavg", lambda: (load, load, load))
+        monkeypatch.setattr(threads.time, "process_time", lambda: cpu_seconds)
     return set_
 
 
@@ -60,10 +59,10 @@ def test_override_wins(machine):
 def test_no_affinity_or_load(monkeypatch):
     def fail(*_):
         raise OSError
-    monkeypatch.delattr(backend.os, "sched_getaffinity", raising=False)
-    monkeypatch.setattr(backend.os, "getloadavg", fail)
-    monkeypatch.setattr(backend.os, "cpu_count", lambda: 3)
-    monkeypatch.setattr(backend.time, "process_time", lambda: 0.0)
+    monkeypatch.delattr(threads.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(threads.os, "getloadavg", fail)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(threads.time, "process_time", lambda: 0.0)
     assert choose_blas_threads(None, BIG)[0] == 3
 
 
@@ -91,7 +90,8 @@ def test_choice_in_start_line_and_report(tmp_path, capsys, argv, line):
 
 def test_feedback_blocks_run_on_no_more_threads_than_the_run_may_use():
     from refdtp.algorithms import feedback_workers
-    from refdtp.backend import blas_threads, current_blas_threads
+    from refdtp.backend import blas_threads
+    from refdtp.threads import current_blas_threads
     with blas_threads(1):  # the run chose 1 thread (a busy machine): blocks train one at a time
         assert current_blas_threads() == 1 and feedback_workers("numpy", 5) == 1
     with blas_threads(2):

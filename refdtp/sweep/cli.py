@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m refdtp.sweep", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run presets x algorithms x grid values x seeds, each point exactly as "
-                    "python -m refdtp.train would, as Ray tasks; resumable; writes summary.csv/.md "
+                    "python -m refdtp.train would, as Ray tasks; resumable; writes summary.csv, summary.md "
                     "and plots.")
     p.add_argument("--out", required=True, metavar="SWEEP_DIR",
                    help="sweep directory (runs in SWEEP_DIR/runs)")

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 from ..training.records import write_json
+from ..training.storage import atomic_write
 
 
 def trial_rows(study) -> list:
@@ -83,8 +84,5 @@ def write(out: Path, study, spec: dict) -> dict:
     """Write search.json and search.md atomically; returns the summary."""
     data = summarize(study, spec)
     write_json(out / "search.json", data)
-    md = out / "search.md"
-    tmp = md.with_name(".search.md.tmp")
-    tmp.write_text(markdown(data))
-    tmp.replace(md)
+    atomic_write(out / "search.md", markdown(data).encode())
     return data

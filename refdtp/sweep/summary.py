@@ -18,6 +18,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..training.plot import _blocks, _new_figure, _save
 from ..training.records import read_metrics
+from ..training.storage import atomic_write
 from .engine import STATUS_NAME, read_report
 
 CSV_FIELDS = ("name", "group", "preset", "algorithm", "seed", "grid", "status", "exit_code", "message",
@@ -58,9 +59,7 @@ def write_csv(path: Path, rows: list) -> None:
     w = csv.DictWriter(text, fieldnames=CSV_FIELDS, lineterminator="\n")
     w.writeheader()
     w.writerows([{k: ("" if r[k] is None else r[k]) for k in CSV_FIELDS} for r in rows])
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text.getvalue())
-    tmp.replace(path)
+    atomic_write(path, text.getvalue().encode())
 
 
 def mean_sd(values) -> tuple:
@@ -176,10 +175,7 @@ def write_all(sweep_dir: Path, points: list, runs_dir: Path, plots: bool = True)
     """summary.csv and summary.md (and the figures); returns the rows."""
     rows = [run_row(p, runs_dir / p.name) for p in points]
     write_csv(sweep_dir / "summary.csv", rows)
-    md = sweep_dir / "summary.md"
-    tmp = md.with_name(".summary.md.tmp")
-    tmp.write_text(markdown(rows))
-    tmp.replace(md)
+    atomic_write(sweep_dir / "summary.md", markdown(rows).encode())
     if plots:
         groups: dict = {}
         for p in points:

@@ -37,9 +37,10 @@ from data_loaders.transforms import normalization_stats
 
 from .. import __version__
 from ..algorithms import DivergenceError, TrainState, init_state, train_step
-from ..backend import blas_threads, choose_blas_threads, device_name, get_xp, is_out_of_memory
+from ..backend import blas_threads, device_name, get_xp, is_out_of_memory
 from ..config import Config, build_network
 from ..optim import make_schedule
+from ..threads import run_threads
 from . import records
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, previous_path
 from .data import open_dataset
@@ -70,7 +71,7 @@ class RunOptions:
         on_step: called as ``on_step(state, stats)`` after every batch (tests use it
             to interrupt or corrupt a run at a chosen step).
         threads: BLAS threads (``--threads``); None: chosen by
-            :func:`~refdtp.backend.choose_blas_threads`.
+            :func:`~refdtp.threads.choose_blas_threads`.
     """
     run_dir: Path
     backend: str = "numpy"
@@ -158,15 +159,6 @@ def prepare(cfg: Config, opts: RunOptions) -> RunContext:
     except BaseException:
         data.close()
         raise
-
-
-def run_threads(net, batch: int, requested: int | None) -> tuple[int, str]:
-    """(BLAS threads, reason) of a run: ``requested``, else chosen from the largest
-    weight layer's forward GEMM FLOPs per batch and the free cores."""
-    ops = [b.F.param_op for b in net.blocks if getattr(b.F, "param_op", None) is not None]
-    flops = max((batch * op.flops_per_sample() for op in ops if hasattr(op, "flops_per_sample")),
-                default=0)
-    return choose_blas_threads(requested, flops)
 
 
 def _say(text: str) -> None:
