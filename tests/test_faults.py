@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tree_asserts import assert_same_tree
+from tree_asserts import assert_same_run, assert_same_tree
 
 from refdtp.training import evaluate_cli, storage
 from refdtp.training.checkpoint import load_checkpoint
@@ -34,7 +34,6 @@ TINY = ["--preset", "demo", "--quiet", "--set", "channels=[4,8]", "feedback_iter
 SHORT = [*TINY, "--epochs", "2", "--steps", "3"]
 FILES_WRITTEN = 12  # config, checkpoint, report x2, 2 x (checkpoint, metrics x2), report x2
 MESSAGES = {errno.ENOSPC: "no space left on the device holding", errno.EIO: "an I/O error occurred"}
-TIMING = ("seconds", "images_per_s")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -178,18 +177,6 @@ def reference(tmp_path_factory):
     return out
 
 
-def _assert_same_run(ref_dir, run_dir):
-    h0, p0 = load_checkpoint(ref_dir / "checkpoint.h5")
-    h1, p1 = load_checkpoint(run_dir / "checkpoint.h5")
-    for key in ("W", "omega", "forward_opt", "feedback_opt"):
-        assert_same_tree(p0[key], p1[key], key)
-    assert (h1["epoch"], h1["step"], h1["global_step"]) == (h0["epoch"], h0["step"], h0["global_step"])
-    def strip(rows):
-        return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
-
-    assert strip(p1["history"]) == strip(p0["history"]), "metrics differ from the uninterrupted run"
-
-
 def test_resume_on_a_full_disk_fails_cleanly_then_finishes_identically(tmp_path, monkeypatch, capsys,
                                                                        reference):
     run_dir = tmp_path / "run"
@@ -201,7 +188,7 @@ def test_resume_on_a_full_disk_fails_cleanly_then_finishes_identically(tmp_path,
         _assert_failed_cleanly(main(["--resume", "--quiet", "--out", str(run_dir)]),
                                capsys.readouterr().err, disk)
     assert main(["--resume", "--quiet", "--out", str(run_dir)]) == 0, capsys.readouterr().err
-    _assert_same_run(reference, run_dir)
+    assert_same_run(reference, run_dir)
 
 
 # -- a real full disk ---------------------------------------------------------------
@@ -316,7 +303,7 @@ def _kill_resume_evaluate(tmp_path, capsys, uninterrupted, seed):
     header, _ = load_checkpoint(find_checkpoint(run_dir))  # a valid checkpoint always remains
     assert header["global_step"] <= 18
     assert main(["--resume", "--quiet", "--threads", "1", "--out", str(run_dir)]) == 0, capsys.readouterr()
-    _assert_same_run(uninterrupted, run_dir)
+    assert_same_run(uninterrupted, run_dir)
     assert json.loads((run_dir / "report.json").read_text())["preset"] == "demo", "the preset was lost"
     assert _leftovers(run_dir) == []
     capsys.readouterr()

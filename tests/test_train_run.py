@@ -12,6 +12,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+from tree_asserts import assert_same_run
 
 from refdtp import backend
 from refdtp.config import Config
@@ -21,7 +22,6 @@ from refdtp.training.cli import main
 
 TINY = ["--preset", "demo", "--quiet", "--set", "channels=[4,8]", "feedback_iterations=[2,2]"]
 SHORT = [*TINY, "--epochs", "2", "--steps", "8"]  # 2 epochs x 8 steps of 32 images
-TIMING = ("seconds", "images_per_s")
 
 
 def _stop_at(global_step):
@@ -33,29 +33,6 @@ def _stop_at(global_step):
 
 def _checkpoint(run_dir):
     return load_checkpoint(run_dir / "checkpoint.h5")
-
-
-def _assert_identical(a, b, path=""):
-    assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {sorted(a)} vs {sorted(b)}"
-    for k in a:
-        where = f"{path}/{k}"
-        if isinstance(a[k], dict):
-            _assert_identical(a[k], b[k], where)
-        elif isinstance(a[k], np.ndarray):
-            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), f"{where} differs"
-        else:
-            assert a[k] == b[k], f"{where}: {a[k]!r} != {b[k]!r}"
-
-
-def _assert_same_run(ref_dir, run_dir):
-    (h_ref, p_ref), (h, p) = _checkpoint(ref_dir), _checkpoint(run_dir)
-    for key in ("W", "omega", "forward_opt", "feedback_opt"):
-        _assert_identical(p_ref[key], p[key], key)
-    assert (h["epoch"], h["step"], h["global_step"]) == (h_ref["epoch"], h_ref["step"], h_ref["global_step"])
-    def strip(rows):
-        return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
-
-    assert strip(p["history"]) == strip(p_ref["history"]), "metrics differ from the uninterrupted run"
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +69,14 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, reference, capsys, st
     assert json.loads((out / "report.json").read_text())["status"] == "interrupted"
     assert main(["--out", str(out), "--resume", "--quiet"]) == 0  # config from RUN_DIR/config.json
     assert "resuming from" in capsys.readouterr().out
-    _assert_same_run(reference, out)
+    assert_same_run(reference, out)
 
 
 def test_one_epoch_extended_to_two_matches(tmp_path, reference):
     out = tmp_path / "run"
     assert main([*TINY, "--epochs", "1", "--steps", "8", "--out", str(out)]) == 0
     assert main([*TINY, "--steps", "8", "--out", str(out), "--resume", "--epochs", "2"]) == 0
-    _assert_same_run(reference, out)
+    assert_same_run(reference, out)
 
 
 def test_fresh_run_refuses_an_existing_checkpoint(tmp_path, reference, capsys):
@@ -149,7 +126,7 @@ def test_cupy_run_resumes_bit_identically(tmp_path):
     assert main([*gpu, "--out", str(tmp_path / "ref")]) == 0
     assert main([*gpu, "--out", str(tmp_path / "run")], on_step=_stop_at(11)) == 130
     assert main(["--out", str(tmp_path / "run"), "--resume", "--quiet", "--backend", "cupy"]) == 0
-    _assert_same_run(tmp_path / "ref", tmp_path / "run")
+    assert_same_run(tmp_path / "ref", tmp_path / "run")
 
 
 def test_diagnostics_and_validation_are_logged(tmp_path, capsys):
