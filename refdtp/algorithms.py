@@ -130,7 +130,8 @@ def _train_block(cfg: Config, net: Network, state: TrainState, trace: Trace, ome
     """K_n SGD steps on omega_n for block n. Returns (omega_n, its optimiser state, last loss)."""
     block = net.blocks[n - 1]
     K, sigma = cfg.feedback_iterations[n - 2], cfg.feedback_sigma[n - 2]
-    noise = Noise(cfg.seed, NOISE_KEY, epoch, step, n, backend=backend)
+    noise = Noise(cfg.seed, NOISE_KEY, epoch, step, n, backend=backend,
+                  bit_generator=cfg.noise_generator)
     plan = None
     if cfg.algorithm == "ldrl":  # the per-batch constants of block n's L-DRL gradient
         plan = make_plan(block, state.W[block.name], trace.s[n - 1], trace.s[n],

@@ -19,6 +19,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from .backend import NOISE_GENERATORS
 from .domains import NONEMPTY, PER_BLOCK, choice, flag, integer, number, numbers, path, text
 from .networks import ARCHITECTURES, Network, fwdtp_mlp, lenet, mlp, simple_vgg, small_convnet
 
@@ -64,6 +65,7 @@ class Config:
     feedback_momentum: float = 0.9
     feedback_weight_decay: float = 0.0  # DRL damping (Meulemans' feedback_wd)
     ldrl_routing: str = "noisy"  # G(F(x+eps)) un-pooled by the noisy argmax (the paper) or "clean"
+    noise_generator: str = "sfc64"  # NumPy bit generator of the feedback noise (backend.NOISE_GENERATORS)
     # Adam moments of the forward optimiser (optimizer="adam"; PyTorch's defaults)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -93,6 +95,12 @@ class Config:
         d = {k: v for k, v in self.to_dict().items() if k not in exclude
              and not (k in HASHED_WHEN_SET and v == _DEFAULTS[k])}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_saved(cls, d: dict) -> Config:
+        """A config saved by a run (config.json, a checkpoint): keys added to refdtp after the
+        run was made take the value that run used (:data:`SAVED_BEFORE`), not today's default."""
+        return cls.from_dict({**SAVED_BEFORE, **d})
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
@@ -140,6 +148,9 @@ class Config:
 
 #: Fields added after checkpoints existed: hashed only when they differ from their default, so
 #: the hash (and the resumability) of every earlier config is unchanged.
+#: Fields added after runs were saved without them, with the value those runs used.
+SAVED_BEFORE = {"noise_generator": "pcg64"}
+
 HASHED_WHEN_SET = ("adam_beta1", "adam_beta2", "adam_eps", "feedback_optimizer", "feedback_beta1",
                    "feedback_beta2", "feedback_eps", "feedback_pretrain_epochs", "feedback_init_scale")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config) if f.name in HASHED_WHEN_SET}
@@ -206,6 +217,7 @@ DOMAINS = {
     "feedback_momentum": number(0, 1, hi_open=True),
     "feedback_weight_decay": number(0),
     "ldrl_routing": choice(("noisy", "clean")),
+    "noise_generator": choice(tuple(NOISE_GENERATORS)),
     "adam_beta1": number(0, 1, hi_open=True),
     "adam_beta2": number(0, 1, hi_open=True),
     "adam_eps": number(0, lo_open=True),

@@ -127,6 +127,23 @@ def test_feedback_noise_depends_on_seed_epoch_and_step():
     assert_trees_equal(base.omega, again.omega, "same (seed, epoch, step) -> same noise")
 
 
+def test_feedback_noise_follows_the_configured_bit_generator():
+    """noise_generator picks the stream: SFC64 (default) and PCG64 give different feedback updates;
+    a config saved before the field existed reads back as PCG64, the generator it ran with."""
+    net, x, y = small_net(), *batch()
+    fast, legacy = small_cfg(), small_cfg(noise_generator="pcg64")
+    assert fast.noise_generator == "sfc64"
+    state = init_state(fast, net)
+    a, _ = train_step(fast, net, state, x, y, fast.lr)
+    b, _ = train_step(legacy, net, state, x, y, legacy.lr)
+    assert trees_differ(a.omega, b.omega)
+    saved = {k: v for k, v in legacy.to_dict().items() if k != "noise_generator"}
+    assert Config.from_saved(saved) == legacy
+    assert Config.from_saved(fast.to_dict()) == fast
+    with pytest.raises(ValueError, match="noise_generator"):
+        small_cfg(noise_generator="mt19937").validate()
+
+
 def test_feedback_optimizer_momentum_persists_across_batches():
     net, cfg = small_net(), small_cfg()
     x, y = batch()

@@ -64,16 +64,24 @@ def test_host_rng_same_keys_same_stream_different_keys_independent():
     assert not np.array_equal(a, c) and not np.array_equal(a, d)
 
 
+@pytest.mark.parametrize("bits", sorted(backend.NOISE_GENERATORS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_noise_is_seeded_scaled_and_keeps_dtype(dtype):
-    z1 = backend.Noise(3, 7, 0, 1).normal((4000,), 0.25, dtype)
-    z2 = backend.Noise(3, 7, 0, 1).normal((4000,), 0.25, dtype)
-    z3 = backend.Noise(3, 7, 0, 2).normal((4000,), 0.25, dtype)
+def test_noise_is_seeded_scaled_and_keeps_dtype(dtype, bits):
+    z1 = backend.Noise(3, 7, 0, 1, bit_generator=bits).normal((4000,), 0.25, dtype)
+    z2 = backend.Noise(3, 7, 0, 1, bit_generator=bits).normal((4000,), 0.25, dtype)
+    z3 = backend.Noise(3, 7, 0, 2, bit_generator=bits).normal((4000,), 0.25, dtype)
+    other = backend.Noise(3, 7, 0, 1, bit_generator="pcg64" if bits == "sfc64" else "sfc64")
     assert z1.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(z1, z2)
     assert not np.array_equal(z1, z3)
+    assert not np.array_equal(z1, other.normal((4000,), 0.25, dtype))
     # std of 4000 N(0, 0.25^2) draws: 0.25 +- 0.25/sqrt(2*4000) ~ 0.003 (5 sigma below).
     assert abs(float(z1.std()) - 0.25) < 0.015, f"noise std {z1.std()} != 0.25"
+
+
+def test_unknown_noise_bit_generator_is_refused():
+    with pytest.raises(ValueError, match="unknown noise bit generator 'xorshift'"):
+        backend.Noise(0, 1, bit_generator="xorshift")
 
 
 def test_noise_successive_draws_differ():

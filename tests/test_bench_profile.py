@@ -11,6 +11,9 @@ from refdtp.config import Config, build_network
 @pytest.mark.parametrize("filename, function, kind", [
     ("/x/refdtp/ops/conv.py", "im2col_padded", "im2col/col2im"),
     ("/x/refdtp/ops/conv.py", "conv2d", "GEMM"),
+    ("/x/refdtp/ops/winograd.py", "input_transform", "Winograd transforms"),
+    ("/x/refdtp/ops/winograd.py", "conv2d", "GEMM"),
+    ("/x/refdtp/ldrl/winograd_plan.py", "grads", "GEMM"),
     ("/x/refdtp/ldrl/conv_pool.py", "grads", "GEMM"),
     ("/x/refdtp/ldrl/conv_pool.py", "_scatter_features", "pool/unpool"),
     ("/x/refdtp/ops/pool.py", "forward", "pool/unpool"),

@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 
 from refdtp import ldrl
 from refdtp.blocks import Block
-from refdtp.ldrl import ConvPoolPlan, FirstLayerPlan, FusedPlan, ReferencePlan
+from refdtp.ldrl import ConvPoolPlan, FirstLayerPlan, FusedPlan, ReferencePlan, WinogradConvPoolPlan
 from refdtp.networks import conv_block, lenet, linear_block, mlp, simple_vgg
 from refdtp.ops import Act, Linear
+from refdtp.ops import winograd as wg
 from verify.claims.ldrl import plan_errors
 from verify.registry import Context
 
@@ -44,7 +45,10 @@ def test_every_plan_of_every_block_matches_the_reference(key, routing):
 
 def test_make_plan_picks_the_fastest_plan_per_block_kind():
     vgg, le, m = (NETWORKS[k]() for k in ("simple_vgg", "lenet", "mlp"))
-    assert ldrl.applicable_plans(vgg.blocks[1]) == [ConvPoolPlan, FirstLayerPlan, FusedPlan, ReferencePlan]
+    assert ldrl.applicable_plans(vgg.blocks[1]) == [WinogradConvPoolPlan, ConvPoolPlan, FirstLayerPlan,
+                                                    FusedPlan, ReferencePlan]
+    five = conv_block("k5", (2, 8, 8), 3, k=5, padding=2, activation="elu", pool="max")
+    assert ldrl.applicable_plans(five)[0] is ConvPoolPlan  # Winograd F(2x2, 3x3) is for 3x3 kernels
     assert ldrl.applicable_plans(le.blocks[1])[0] is FirstLayerPlan  # overlapping pools: no ConvPoolPlan
     assert ldrl.applicable_plans(m.blocks[1])[0] is FirstLayerPlan
     lin = linear_block("l", (3,), 3, "tanh")
@@ -57,11 +61,11 @@ def test_make_plan_picks_the_fastest_plan_per_block_kind():
     W = vgg.blocks[1].init_forward(rng, np.float64)
     x = rng.standard_normal((2, *vgg.blocks[1].in_shape))
     y, cache = vgg.blocks[1].forward(W, x)
-    assert isinstance(ldrl.make_plan(vgg.blocks[1], W, x, y, vgg.blocks[1].route(cache)), ConvPoolPlan)
+    assert type(ldrl.make_plan(vgg.blocks[1], W, x, y, vgg.blocks[1].route(cache))) is WinogradConvPoolPlan
 
 
 @given(seed=st.integers(0, 2 ** 32 - 1), c_in=st.integers(1, 3), c_out=st.integers(1, 4),
-       hw=st.sampled_from([2, 4, 6]), kp=st.sampled_from([(1, 0), (3, 0), (3, 1), (5, 2)]),
+       hw=st.sampled_from([2, 3, 4, 5, 6, 7]), kp=st.sampled_from([(1, 0), (3, 0), (3, 1), (3, 2), (5, 2)]),
        pool=st.sampled_from(["max2", "max3-overlap", "avg2", "none"]),
        activation=st.sampled_from(["elu", "tanh", "leaky_relu"]), B=st.integers(1, 3),
        routing=st.sampled_from(ldrl.ROUTINGS))
@@ -110,9 +114,22 @@ class TransposedNoisePlan(ConvPoolPlan):
         return y_noisy, self.route[0]
 
 
-@pytest.mark.parametrize("bug", [StaleFeaturesPlan, SlightlyScaledPlan, TransposedNoisePlan])
-def test_a_wrong_plan_fails_the_comparison(bug):
-    block = simple_vgg(channels=(3, 4, 4, 5, 5)).blocks[1]
+class EvenShortcutPlan(WinogradConvPoolPlan):
+    """Takes the even-sided shortcut KA^T d = (KA^T KA) M on odd sides too (the last tile row is not zero)."""
+
+    def _allocate_operands(self, x):
+        super()._allocate_operands(x)
+        self.even_g, self.KAtKA = True, wg.KA.T @ wg.KA
+
+
+# padding 2: G's output (5 x 5) is odd and its last row reads un-pooled features (conv output 7 x 7)
+ODD = conv_block("odd", (3, 5, 5), 4, k=3, padding=2, activation="elu", pool="max")
+
+
+@pytest.mark.parametrize("bug, block", [(StaleFeaturesPlan, None), (SlightlyScaledPlan, None),
+                                        (TransposedNoisePlan, None), (EvenShortcutPlan, ODD)])
+def test_a_wrong_plan_fails_the_comparison(bug, block):
+    block = block or simple_vgg(channels=(3, 4, 4, 5, 5)).blocks[1]
     with pytest.raises(AssertionError):
         assert_plans_match(block, seed=5, routing="noisy", B=3, plans=[bug])
     assert_plans_match(block, seed=5, routing="noisy", B=3, plans=[bug.__mro__[1]])  # the parent is right
@@ -126,3 +143,13 @@ def test_unknown_routing_is_refused():
     y, cache = block.forward(W, x)
     with pytest.raises(ValueError, match="unknown L-DRL routing 'loud'.*noisy, clean"):
         ldrl.make_plan(block, W, x, y, block.route(cache), routing="loud")
+
+
+def test_refdtp_winograd_0_selects_the_im2col_plan(monkeypatch):
+    block = simple_vgg(channels=(3, 4, 4, 5, 5)).blocks[1]
+    rng = np.random.default_rng(0)
+    W = block.init_forward(rng, np.float64)
+    x = rng.standard_normal((2, *block.in_shape))
+    y, cache = block.forward(W, x)
+    monkeypatch.setenv("REFDTP_WINOGRAD", "0")
+    assert type(ldrl.make_plan(block, W, x, y, block.route(cache))) is ConvPoolPlan

@@ -11,7 +11,8 @@ sees only the thread it runs in). It prints
 - per kind of work: the self time of the functions doing it, grouped as GEMM
   (the functions that call ``@``/``matmul``: NumPy's GEMM does not appear as a
   call of its own, so its time is its caller's self time, together with the
-  caller's few elementwise operations), im2col/col2im, activation, pool/unpool,
+  caller's few elementwise operations), im2col/col2im, Winograd transforms (their
+  small 16x16 / 4x16 GEMMs included), activation, pool/unpool,
   noise generation, optimiser, and everything else ("Python and other");
 - beside the GEMM line, the time the step's FLOPs would take at the measured
   GEMM rate, so the gap to the ceiling is visible.
@@ -28,8 +29,8 @@ from collections import defaultdict
 
 from .. import algorithms
 
-KINDS = ("GEMM", "im2col/col2im", "activation", "pool/unpool", "noise generation", "optimiser",
-         "Python and other")
+KINDS = ("GEMM", "im2col/col2im", "Winograd transforms", "activation", "pool/unpool", "noise generation",
+         "optimiser", "Python and other")
 _IM2COL = {"im2col", "im2col_padded", "col2im", "pad2d", "channels_first"}
 _GEMM_FUNCTIONS = {"conv2d", "conv_transpose2d", "conv2d_weight_grad", "grads", "_noisy_pool",
                    "_noisy_output", "feedback_linear", "difference_grads", "gemm_rate"}
@@ -42,6 +43,8 @@ def kind_of(filename: str, function: str) -> str:
         return "noise generation"
     if function in _IM2COL:
         return "im2col/col2im"
+    if name.endswith("ops/winograd.py") and function.endswith("_transform"):
+        return "Winograd transforms"
     if name.endswith("refdtp/activations.py"):
         return "activation"
     if name.endswith("ops/pool.py") or function in ("_scatter_features", "_put_features"):

@@ -158,7 +158,8 @@ def feedback_phase(cfg, net: Network, state, trace: Trace, backend: str) -> tupl
     for n, b in enumerate(feedback_blocks(net), start=1):
         K, sigma = cfg.feedback_iterations[n - 1], cfg.feedback_sigma[n - 1]
         opt = feedback_optimizer(cfg, cfg.feedback_lr[n - 1])
-        noise = Noise(cfg.seed, FAMILY_NOISE_KEY, state.epoch, state.step, n, backend=backend)
+        noise = Noise(cfg.seed, FAMILY_NOISE_KEY, state.epoch, state.step, n, backend=backend,
+                      bit_generator=cfg.noise_generator)
         Q, st = omega[b.name], fb_states[b.name]
         for it in range(K):
             eps = noise.normal(trace.s[n].shape, sigma, trace.s[n].dtype)

@@ -63,18 +63,29 @@ class ConvPoolPlan(HoistedPlan):
 
     def _allocate(self, x):
         self.conv_op, self.act, self.pool, self.unpool, self.act_g = pool_block_parts(self.block)
+        self._allocate_features(x, extra=self._tile_extra())
+        self._allocate_operands(x)
+
+    def _tile_extra(self) -> tuple[int, int]:
+        """Rows and columns of zeros past the padded inputs of both convolutions (none here)."""
+        return 0, 0
+
+    def _allocate_features(self, x, extra: tuple[int, int]):
+        """The feature buffers, their scatter indices and the per-batch constants of act'.
+
+        ``extra``: (eps_pad, u_pad) additional zero rows/columns at the bottom/right.
+        """
         xp, B, dt, route = array_module(x), self.B, x.dtype, self.route
         c_in, H, Wd = self.conv_op.in_shape
         c_out, Ho, Wo = self.conv_op.out_shape
         k, p = self.conv_op.k, self.conv_op.padding
         q = k - 1 - p  # padding of the flipped-kernel convolution that is G's conv-transpose
         self.N = B * Ho * Wo
-        self.eps_pad = xp.zeros((B, c_in, H + 2 * p, Wd + 2 * p), dtype=dt)
-        self.cols_e = xp.empty((c_in * k * k, self.N), dtype=dt)  # im2col(eps), forward geometry
-        self.a_rows = xp.empty((c_out, self.N), dtype=dt)  # W cols_e
+        e, f = extra
+        self.eps_pad = xp.zeros((B, c_in, H + 2 * p + e, Wd + 2 * p + e), dtype=dt)
         self.feats = xp.zeros((c_out, self.N), dtype=dt)  # -2/B du~, channel-major rows
-        self.u_pad = xp.zeros((c_out, B, Ho + 2 * q, Wo + 2 * q), dtype=dt)  # 2/B du_eta, padded
-        self.cols_u = xp.empty((c_out * k * k, B * H * Wd), dtype=dt)  # im2col(u_pad), flipped geometry
+        Hq, Wq = Ho + 2 * q + f, Wo + 2 * q + f
+        self.u_pad = xp.zeros((c_out, B, Hq, Wq), dtype=dt)  # 2/B du_eta, padded
         self.d_rows = xp.empty((c_in, B * H * Wd), dtype=dt)  # 2/B d_eta, channel-major rows
         # Flat offsets of the (b, c) planes in feats and in u_pad: (B, C_out, 1, 1).
         c_idx = xp.arange(c_out, dtype=xp.int64).reshape(1, c_out, 1, 1)
@@ -82,7 +93,6 @@ class ConvPoolPlan(HoistedPlan):
         self.base = c_idx * self.N + b_idx * (Ho * Wo)
         plane = route[0]
         self.clean_flat = (self.base + plane).ravel()
-        Hq, Wq = Ho + 2 * q, Wo + 2 * q
         self.clean_upad = (c_idx * (B * Hq * Wq) + b_idx * (Hq * Wq)
                            + (plane // Wo + q) * Wq + plane % Wo + q).ravel()
         self.last_noisy = self.clean_flat
@@ -92,6 +102,15 @@ class ConvPoolPlan(HoistedPlan):
         self.f_noisy = xp.empty(self.y.shape, dtype=self.y.dtype)  # -2/B act'(F(x + eps))
         self.f_clean = self.act_g.act.value(self.y)  # act'(y) at the pooled size, once per batch
         self.scaled_f_clean = ((-2.0 / B) * self.f_clean).ravel()
+
+    def _allocate_operands(self, x):
+        """The im2col columns and the GEMM output of the forward geometry."""
+        xp, dt = array_module(x), x.dtype
+        c_in, H, Wd = self.conv_op.in_shape
+        k = self.conv_op.k
+        self.cols_e = xp.empty((c_in * k * k, self.N), dtype=dt)  # im2col(eps), forward geometry
+        self.a_rows = xp.empty((self.conv_op.c_out, self.N), dtype=dt)  # W cols_e
+        self.cols_u = xp.empty((self.conv_op.c_out * k * k, self.B * H * Wd), dtype=dt)  # flipped geometry
 
     def _noisy_pool(self, eps):
         """F(x + eps) = pool(act(L0(x) + W cols_e)) and the plane indices G uses on it; fills cols_e."""
@@ -131,9 +150,14 @@ class ConvPoolPlan(HoistedPlan):
         # u_pad and d_rows both carry 2/B, the eta term wants it once: hence B/2.
         grad_f = (self.d_rows @ self.cols_u.T).reshape(c_in, conv.c_out, conv.k, conv.k)
         grad += (B / 2.0) * flip_kernel(grad_f)
+        return self._finish(omega, eps, grad, with_loss)
+
+    def _finish(self, omega: dict, eps, grad, with_loss: bool):
+        """The gradient dict (the bias cancels in every difference) and, if asked, the loss."""
+        xp, B, conv = array_module(eps), self.B, self.conv_op
         grads = {"weight": grad}
         if "bias" in omega:
-            grads["bias"] = xp.zeros_like(omega["bias"])  # the bias cancels in every difference
+            grads["bias"] = xp.zeros_like(omega["bias"])
         loss = None
         if with_loss:
             feats = columns_view(self.feats, (B,) + conv.out_shape[1:]).transpose(1, 0, 2, 3)

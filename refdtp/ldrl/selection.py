@@ -1,12 +1,18 @@
 """Which L-DRL plan a block gets: the fastest one that applies (all are checked equal to the reference)."""
 from __future__ import annotations
 
+import os
+
 from ..blocks import Block
 from .conv_pool import ConvPoolPlan
 from .plans import FirstLayerPlan, FusedPlan, Plan, ReferencePlan
+from .winograd_plan import WinogradConvPoolPlan
 
 #: Fastest first; ReferencePlan applies to every block.
-PLANS = (ConvPoolPlan, FirstLayerPlan, FusedPlan, ReferencePlan)
+PLANS = (WinogradConvPoolPlan, ConvPoolPlan, FirstLayerPlan, FusedPlan, ReferencePlan)
+
+#: Environment variable that, set to 0, keeps training off the Winograd plan (to measure its gain).
+WINOGRAD_ENV = "REFDTP_WINOGRAD"
 
 
 def applicable_plans(block: Block) -> list[type[Plan]]:
@@ -15,7 +21,7 @@ def applicable_plans(block: Block) -> list[type[Plan]]:
 
 
 def make_plan(block: Block, W: dict, x, y, route, routing: str = "noisy") -> Plan:
-    """The fastest plan for block n on one batch.
+    """The fastest plan for block n on one batch (without the Winograd plan if $REFDTP_WINOGRAD=0).
 
     Args:
         block, W: the block and its (frozen) forward parameters.
@@ -23,4 +29,7 @@ def make_plan(block: Block, W: dict, x, y, route, routing: str = "noisy") -> Pla
         route: the clean pass's pool indices.
         routing: "noisy" (the paper's rule for G(F(x + eps))) or "clean".
     """
-    return applicable_plans(block)[0](block, W, x, y, route, routing)
+    plans = applicable_plans(block)
+    if os.environ.get(WINOGRAD_ENV, "1") == "0":
+        plans = [cls for cls in plans if cls is not WinogradConvPoolPlan]
+    return plans[0](block, W, x, y, route, routing)

@@ -14,18 +14,20 @@ after the GEMM), when the images are large enough (``PER_SAMPLE_MIN_PIXELS``);
 :func:`conv2d_weight_grad` keeps the (c i j, b h w) layout, whose contraction
 over (b, h, w) is one GEMM. Both copy the patches into a
 reused scratch buffer (:func:`scratch`) instead of a fresh allocation.
+3x3 stride-1 convolutions with many channels (``WINOGRAD_MIN_CHANNELS``) take
+Winograd F(2x2, 3x3) instead (:mod:`refdtp.ops.winograd`, 2.25x fewer
+multiplications; equal to this path to round-off, tests/test_winograd.py).
 The convolution's adjoint ``conv_transpose2d`` is what the feedback path G uses
 (ConvTranspose2d with the forward conv's weight layout, scalingDTP's
 `invert`), and what back-propagation uses for the input gradient.
 """
 from __future__ import annotations
 
-import math
-import threading
-
 from ..backend import array_module
+from . import winograd
 from .base import Op, check_input
 from .linear import uniform_init
+from .scratch import scratch
 
 
 def conv_output_size(n: int, k: int, stride: int, padding: int) -> int:
@@ -59,27 +61,17 @@ def pad2d(x, p: int, out=None):
 #: but 256->256 @4x4 35 -> 42 ms and 256->512 @2x2 19 -> 57 ms.
 PER_SAMPLE_MIN_PIXELS = 64
 
-#: One flat scratch buffer per thread and (array module, device), grown to the largest request
-#: (per thread: the feedback phases of the blocks run concurrently, refdtp.algorithms.feedback_phase).
-_SCRATCH = threading.local()
+#: Channels (input and output) from which 3x3 stride-1 convolutions and their weight gradients run
+#: by Winograd F(2x2, 3x3) (refdtp.ops.winograd). Batch 128, float32, 1 thread, loaded host, direct ->
+#: Winograd: 128->128 @16x16 conv 146 -> 145 ms, weight gradient 183 -> 128 ms; 256->256 @4x4 36 -> 30
+#: and 40 -> 28 ms; but 32->32 @16x16 15 -> 21 and 19 -> 23 ms, 3->128 @32x32 71 -> 207 ms: below
+#: this the transforms outweigh the 2.25x fewer multiplications.
+WINOGRAD_MIN_CHANNELS = 128
 
 
-def scratch(xp, shape: tuple, dtype):
-    """An uninitialised array viewing the reused scratch buffer of ``xp``'s current device.
-
-    Valid until the next call in the same thread: for operands consumed inside one function (im2col
-    columns read by a GEMM), never for results. Saves the page faults of a fresh
-    large allocation on NumPy (~30% of an im2col copy); the CuPy pool reuses anyway.
-    """
-    dtype = xp.dtype(dtype)
-    device = -1 if xp.__name__ == "numpy" else int(xp.cuda.get_device_id())
-    nbytes = math.prod(shape) * dtype.itemsize
-    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
-    buf = buffers.get((xp.__name__, device))
-    if buf is None or buf.size < nbytes:
-        buf = buffers[(xp.__name__, device)] = xp.empty(nbytes, dtype=xp.uint8)
-    return buf[:nbytes].view(dtype).reshape(shape)
-
+def use_winograd(k: int, stride: int, c_in: int, c_out: int) -> bool:
+    """Whether :func:`conv2d` and :func:`conv2d_weight_grad` take the Winograd path."""
+    return winograd.supported(k, stride) and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS
 
 def im2col(x, k: int, stride: int, padding: int, out=None):
     """Patches of x as columns.
@@ -170,6 +162,8 @@ def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0):
     """
     xp = array_module(x)
     C_out, C_in, k, _ = weight.shape
+    if use_winograd(k, stride, C_in, C_out):
+        return winograd.conv2d(x, weight, bias, padding)
     B, _, H, W = x.shape
     Ho, Wo = conv_output_size(H, k, stride, padding), conv_output_size(W, k, stride, padding)
     if Ho * Wo < PER_SAMPLE_MIN_PIXELS:
@@ -221,6 +215,8 @@ def conv2d_weight_grad(x, dy, k: int, stride: int = 1, padding: int = 0):
         (C_out, C_in, k, k).
     """
     C_out, (B, C_in, H, W) = dy.shape[1], x.shape
+    if use_winograd(k, stride, C_in, C_out):
+        return winograd.conv2d_weight_grad(x, dy, padding)
     n = B * conv_output_size(H, k, stride, padding) * conv_output_size(W, k, stride, padding)
     col = im2col(x, k, stride, padding, out=scratch(array_module(x), (C_in * k * k, n), x.dtype))
     dy_rows = dy.transpose(1, 0, 2, 3).reshape(C_out, -1)  # (C_out, B*Ho*Wo)

@@ -19,6 +19,7 @@ import functools
 from ..backend import array_module
 from .base import Op, check_input
 from .conv import conv_output_size, pad2d
+from .scratch import device_key
 
 
 class _Pool2d(Op):
@@ -89,7 +90,7 @@ class MaxPool2d(_Pool2d):
     def _tables(self, xp):
         """Cached (shift (k*k,), row0 (Ho, 1), col0 (Wo,)) int64 index tables on ``xp``'s device."""
         _, Ho, Wo = self.out_shape
-        return _index_tables(xp, _device_key(xp), self.k, self.stride, self.padding, self.in_shape[2], Ho, Wo)
+        return _index_tables(xp, device_key(xp), self.k, self.stride, self.padding, self.in_shape[2], Ho, Wo)
 
     def _plane_indices(self, local, W: int):
         """Window offsets t = i*k + j -> PyTorch plane indices (s*h - p + i)*W + (s*w - p + j)."""
@@ -217,11 +218,6 @@ def scatter_windows(values, indices, pool: MaxPool2d):
     for t, _, _, rows, cols in reversed(list(pool._offsets())):
         out[:, :, rows, cols] += xp.where(t_of == t, values, zero)
     return xp.ascontiguousarray(out[:, :, pad:pad + H, pad:pad + W]).astype(values.dtype, copy=False)
-
-
-def _device_key(xp) -> int:
-    """-1 for NumPy, else the current CUDA device id (cached tables live on one device)."""
-    return -1 if xp.__name__ == "numpy" else int(xp.cuda.get_device_id())
 
 
 @functools.lru_cache(maxsize=256)

@@ -78,7 +78,7 @@ def evaluate_checkpoint(path, *, data_dir=None, backend: str = "numpy", download
     if note:
         print(f"warning: {note}", file=sys.stderr, flush=True)
     try:
-        cfg = Config.from_dict(header["config"])
+        cfg = Config.from_saved(header["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} holds a config this refdtp cannot read: {exc}") from None
     with open_dataset(cfg, download, data_dir=data_dir, source=source) as data:

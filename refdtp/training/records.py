@@ -60,7 +60,7 @@ def read_config(run_dir) -> Config:
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {run_dir} is not a run directory")
-    return Config.from_dict(json.loads(path.read_text()))
+    return Config.from_saved(json.loads(path.read_text()))
 
 
 # -- metrics ------------------------------------------------------------------

@@ -65,7 +65,7 @@ def _to_backend_tree(tree, backend: str):
 def saved_config(path, header: dict) -> Config:
     """The config stored in a checkpoint, checked against the config hash stored beside it."""
     try:
-        saved = Config.from_dict(header["config"])
+        saved = Config.from_saved(header["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} holds a config this refdtp cannot read: {exc}") from None
     if saved.config_hash() != header["config_hash"]:
