@@ -25,7 +25,8 @@ class Activation:
     Attributes:
         name: registry name, with parameters, e.g. "elu(alpha=1.0)".
         value: a -> f(a), any shape, dtype preserved.
-        derivative: (a, y) -> f'(a), with y = f(a) given to save work.
+        derivative: (a, y) -> f'(a), with y = f(a) given to save work; a fresh array of a's
+            shape and dtype, which callers may overwrite (Act.jvp multiplies into it).
         inverse: y -> f^{-1}(y), or None when f is not invertible.
         smooth: False when f' has a kink (ReLU at 0): finite differences must
             keep away from it.
@@ -75,7 +76,8 @@ def _elu(alpha: float = 1.0) -> Activation:
             # y + alpha = alpha e^a <= 1 for a <= 0, and a + alpha > 1 for a > 0 (alpha = 1);
             # for alpha < 1 and 0 < a < 1 - alpha the minimum would be wrong, so only alpha = 1.
             if alpha == 1.0:
-                return xp.minimum(y + 1, 1)
+                d = y + 1
+                return xp.minimum(d, 1, out=d)
         return xp.where(a > 0, a.dtype.type(1), y + alpha)
 
     def inverse(y):

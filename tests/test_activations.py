@@ -127,3 +127,19 @@ def test_relu_is_flagged_nonsmooth_and_tanh_smooth():
     assert not A.get_activation("leaky_relu").smooth
     assert A.get_activation("tanh").smooth
     assert "relu" in repr(A.get_activation("relu"))
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_derivative_returns_a_fresh_array_that_callers_may_overwrite(name):
+    """Act.jvp multiplies into f'(a): the derivative must never alias a, y or a cached constant."""
+    act = A.get_activation(name)
+    a = np.linspace(-2.0, 2.0, 11) * (0.4 if "phi" in name or name == "sigmoid" else 1.0)
+    y = act.value(a)
+    a0, y0 = a.copy(), y.copy()
+    d1 = act.derivative(a, y)
+    d1 *= 7.0
+    d2 = act.derivative(a, y)
+    assert not np.shares_memory(d1, d2) and not np.shares_memory(d1, a) and not np.shares_memory(d1, y)
+    np.testing.assert_array_equal(a, a0)
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_allclose(d1, 7.0 * d2, rtol=0, atol=0)

@@ -61,7 +61,13 @@ def test_make_plan_picks_the_fastest_plan_per_block_kind():
     W = vgg.blocks[1].init_forward(rng, np.float64)
     x = rng.standard_normal((2, *vgg.blocks[1].in_shape))
     y, cache = vgg.blocks[1].forward(W, x)
-    assert type(ldrl.make_plan(vgg.blocks[1], W, x, y, vgg.blocks[1].route(cache))) is WinogradConvPoolPlan
+    chosen = ldrl.make_plan(vgg.blocks[1], W, x, y, vgg.blocks[1].route(cache))
+    assert type(chosen) is ConvPoolPlan  # 4 channels: below the Winograd plan's MIN_CHANNELS
+    wide = conv_block("wide", (64, 4, 4), 64, k=3, padding=1, activation="elu", pool="max")
+    W = wide.init_forward(rng, np.float32)
+    x = rng.standard_normal((2, *wide.in_shape)).astype(np.float32)
+    y, cache = wide.forward(W, x)
+    assert type(ldrl.make_plan(wide, W, x, y, wide.route(cache))) is WinogradConvPoolPlan
 
 
 @given(seed=st.integers(0, 2 ** 32 - 1), c_in=st.integers(1, 3), c_out=st.integers(1, 4),
@@ -146,7 +152,7 @@ def test_unknown_routing_is_refused():
 
 
 def test_refdtp_winograd_0_selects_the_im2col_plan(monkeypatch):
-    block = simple_vgg(channels=(3, 4, 4, 5, 5)).blocks[1]
+    block = conv_block("wide", (64, 4, 4), 64, k=3, padding=1, activation="elu", pool="max")
     rng = np.random.default_rng(0)
     W = block.init_forward(rng, np.float64)
     x = rng.standard_normal((2, *block.in_shape))

@@ -23,6 +23,7 @@ from refdtp.config import Config
 from refdtp.losses import cross_entropy, cross_entropy_grad
 from refdtp.networks import lenet, simple_vgg
 from refdtp.ops import Act, AvgPool2d, Conv2d, ConvTranspose2d, Flatten, Linear, MaxPool2d, Reshape
+from refdtp.ops import winograd as wg
 from refdtp.targets import dtp_forward_grads, forward_loss
 
 DEVICE = "cupy"  # the backend compared with NumPy
@@ -222,9 +223,9 @@ class HostNoise:
     in :func:`test_device_noise_is_seeded_and_has_the_requested_scale`.
     """
 
-    def __init__(self, seed, *keys, backend="numpy"):
+    def __init__(self, seed, *keys, backend="numpy", bit_generator="pcg64"):
         self.target = backend
-        self._host = HOST_NOISE(seed, *keys, backend="numpy")
+        self._host = HOST_NOISE(seed, *keys, backend="numpy", bit_generator=bit_generator)
 
     def normal(self, shape, scale, dtype):
         return to_backend(self._host.normal(shape, scale, dtype), self.target)
@@ -249,6 +250,18 @@ def test_full_ldrl_train_step_matches_numpy_with_host_drawn_noise(dtype, monkeyp
                          "feedback_opt": {k: v["momentum"] for k, v in state.feedback_opt.items()},
                          "stats": {k: np.asarray(v, dtype=dtype) for k, v in stats.items()}}
     assert_parity(results["numpy"], results[DEVICE], np.dtype(dtype), "train_step")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_winograd_transforms_match_numpy(dtype):
+    """F(2x2, 3x3) convolution and weight gradient (odd sides, every padding) on the device."""
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((3, 4, 7, 6)).astype(dtype), rng.standard_normal((5, 4, 3, 3)).astype(dtype)
+    for p in (0, 1, 2):
+        dy = rng.standard_normal((3, 5, 5 + 2 * p, 4 + 2 * p)).astype(dtype)
+        host = (wg.conv2d(x, w, None, p), wg.conv2d_weight_grad(x, dy, p))
+        device = (wg.conv2d(dev(x), dev(w), None, p), wg.conv2d_weight_grad(dev(x), dev(dy), p))
+        assert_parity(host, device, np.dtype(dtype), f"winograd padding {p}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

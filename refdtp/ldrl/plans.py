@@ -56,6 +56,11 @@ class Plan(ABC):
         """True when this plan applies to the block."""
         return True
 
+    @classmethod
+    def pays_off(cls, block: Block) -> bool:
+        """True when this plan, where it applies, is expected faster than the next one (make_plan)."""
+        return True
+
     @abstractmethod
     def grads(self, omega: dict, eps, eta, with_loss: bool = False):
         """dL-DRL/d omega for one noise draw (eps like x, eta like y). Returns (grads, loss or None)."""

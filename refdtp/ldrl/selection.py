@@ -21,7 +21,8 @@ def applicable_plans(block: Block) -> list[type[Plan]]:
 
 
 def make_plan(block: Block, W: dict, x, y, route, routing: str = "noisy") -> Plan:
-    """The fastest plan for block n on one batch (without the Winograd plan if $REFDTP_WINOGRAD=0).
+    """The fastest plan for block n on one batch: the first that applies and pays off there
+    (:meth:`Plan.pays_off`); never the Winograd plan if $REFDTP_WINOGRAD=0.
 
     Args:
         block, W: the block and its (frozen) forward parameters.
@@ -29,7 +30,7 @@ def make_plan(block: Block, W: dict, x, y, route, routing: str = "noisy") -> Pla
         route: the clean pass's pool indices.
         routing: "noisy" (the paper's rule for G(F(x + eps))) or "clean".
     """
-    plans = applicable_plans(block)
+    plans = [cls for cls in applicable_plans(block) if cls.pays_off(block)]
     if os.environ.get(WINOGRAD_ENV, "1") == "0":
         plans = [cls for cls in plans if cls is not WinogradConvPoolPlan]
     return plans[0](block, W, x, y, route, routing)

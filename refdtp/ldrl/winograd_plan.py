@@ -11,7 +11,8 @@ iteration become 16 smaller ones each (refdtp.ops.winograd; 2.25x fewer multipli
 Each input transform serves a convolution and a weight gradient, as each im2col does in
 ConvPoolPlan. Where G's output has even sides, KA^T d = (KA^T KA) M: one 16x16 product
 instead of the output transform and the tiling of d, and d itself is formed only for the
-loss. Workspaces: V_e, V_u, the two transformed-domain products and KA^T d, per batch.
+loss. Workspaces: V_e, V_u and the two transformed-domain products per batch; KA^T d and the
+transforms' temporaries in the thread's scratch buffer.
 """
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ from ..ops.scratch import scratch
 from .conv_pool import ConvPoolPlan, flip_kernel, pool_block_parts
 from .plans import columns_view
 
+#: Channels from which make_plan picks this plan over ConvPoolPlan. Per-iteration time against
+#: ConvPoolPlan, batch 128 (64 for width 1/2), float32, 1 thread, loaded host: 128-512 channels
+#: 0.72-0.81; 64-256 channels 0.77-0.95; 32-128 channels 0.84-1.06; 16-64 channels 0.69-1.09.
+MIN_CHANNELS = 64
+
 
 class WinogradConvPoolPlan(ConvPoolPlan):
     """ConvPoolPlan for 3x3 stride-1 convolutions, its GEMMs in the Winograd domain (module docstring)."""
@@ -31,6 +37,12 @@ class WinogradConvPoolPlan(ConvPoolPlan):
     def supports(cls, block: Block) -> bool:
         parts = pool_block_parts(block)
         return parts is not None and wg.supported(parts[0].k, parts[0].stride)
+
+    @classmethod
+    def pays_off(cls, block: Block) -> bool:
+        """From MIN_CHANNELS input and output channels on (below, the transforms cost what they save)."""
+        conv = block.F.ops[0]
+        return min(conv.c_in, conv.c_out) >= MIN_CHANNELS
 
     def _tile_extra(self) -> tuple[int, int]:
         """One zero row/column more where a convolution's output side is odd (its last tile)."""
@@ -49,13 +61,14 @@ class WinogradConvPoolPlan(ConvPoolPlan):
         self.M_f = xp.empty((16, c_out, T), dtype=dt)  # U_W @ V_e, then KA^T feats
         self.V_u = xp.empty((16, c_out, Tg), dtype=dt)  # KB tiles(u_pad)
         self.M_g = xp.empty((16, c_in, Tg), dtype=dt)  # U_Wf @ V_u
-        self.U_d = xp.empty((16, c_in, Tg), dtype=dt)  # KA^T d
+        self.n_U_d = 16 * c_in * Tg  # KA^T d lives in the scratch, before the transforms' work
         self.U_W = wg.filter_transform(self.W["weight"])  # (16, C_out, C_in), once per batch
         self.even_g = H % 2 == 0 and Wd % 2 == 0
         if self.even_g:
             self.KAtKA = xp.asarray(wg.KA.T @ wg.KA, dtype=dt)  # (16, 16)
         self.work_size = max(wg.input_work_size(self.eps_pad.shape), wg.input_work_size(
             (self.B, c_out) + self.u_pad.shape[2:]), 4 * max(c_in, c_out) * max(T, Tg))
+        self.work_size += self.n_U_d
 
     def _noisy_pool(self, eps):
         """F(x + eps) = pool(act(L0(x) + W * eps)) and the plane indices G uses on it; fills V_e."""
@@ -72,21 +85,22 @@ class WinogradConvPoolPlan(ConvPoolPlan):
         c_in, H, Wd = conv.in_shape
         y_noisy, idx_noisy = self._noisy_pool(eps)
         self._scatter_features(y_noisy, idx_noisy, eta)
-        work = scratch(xp, (self.work_size,), eps.dtype)
+        buf = scratch(xp, (self.work_size,), eps.dtype)
+        work, U_d = buf[self.n_U_d:], buf[:self.n_U_d].reshape(self.M_g.shape)
         wg.input_transform(self.u_pad.transpose(1, 0, 2, 3), self.V_u, work)
         xp.matmul(wg.filter_transform(flip_kernel(omega["weight"])), self.V_u, out=self.M_g)
         d = columns_view(self.d_rows, (B, H, Wd)).transpose(1, 0, 2, 3)  # (B, C_in, H, W) view
         if self.even_g:
-            xp.matmul(self.KAtKA, self.M_g.reshape(16, -1), out=self.U_d.reshape(16, -1))
+            xp.matmul(self.KAtKA, self.M_g.reshape(16, -1), out=U_d.reshape(16, -1))
             if with_loss:
                 wg.output_transform(self.M_g, d, work)
         else:
             wg.output_transform(self.M_g, d, work)
-            wg.gradient_transform(d, self.U_d, work)
+            wg.gradient_transform(d, U_d, work)
         feats = columns_view(self.feats, (B,) + conv.out_shape[1:]).transpose(1, 0, 2, 3)
         U_f = wg.gradient_transform(feats, self.M_f, work)  # M_f is free again
         grad = wg.weight_from_transformed(U_f @ self.V_e.transpose(0, 2, 1))
         # U_d and the features both carry 2/B, the eta term wants it once: hence B/2.
-        grad_f = wg.weight_from_transformed(self.U_d @ self.V_u.transpose(0, 2, 1))
+        grad_f = wg.weight_from_transformed(U_d @ self.V_u.transpose(0, 2, 1))
         grad += (B / 2.0) * flip_kernel(grad_f)
         return self._finish(omega, eps, grad, with_loss)

@@ -33,7 +33,11 @@ class Act(Op):
         return self.act.derivative(a, y)
 
     def jvp(self, p, cache, da):
-        return self.derivative(cache) * da
+        d = self.derivative(cache)
+        if d.shape == da.shape and d.dtype == da.dtype:
+            d *= da  # a fresh array (the Activation contract): no second large allocation
+            return d
+        return d * da
 
     vjp = jvp  # diag(f'(a)) is symmetric.
 
