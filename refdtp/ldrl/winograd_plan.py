@@ -11,8 +11,8 @@ iteration become 16 smaller ones each (refdtp.ops.winograd; 2.25x fewer multipli
 Each input transform serves a convolution and a weight gradient, as each im2col does in
 ConvPoolPlan. Where G's output has even sides, KA^T d = (KA^T KA) M: one 16x16 product
 instead of the output transform and the tiling of d, and d itself is formed only for the
-loss. Workspaces: V_e, V_u and the two transformed-domain products per batch; KA^T d and the
-transforms' temporaries in the thread's scratch buffer.
+loss. Workspaces: two per batch, each holding an eps-side operand and then an eta-side one
+(V_e then M_g, M_f then V_u); KA^T d and the transforms' temporaries in the thread's scratch.
 """
 from __future__ import annotations
 
@@ -57,10 +57,14 @@ class WinogradConvPoolPlan(ConvPoolPlan):
         th, tw = wg.tile_counts(Ho, Wo)
         gh, gw = wg.tile_counts(H, Wd)
         T, Tg = self.B * th * tw, self.B * gh * gw
-        self.V_e = xp.empty((16, c_in, T), dtype=dt)  # KB tiles(eps)
-        self.M_f = xp.empty((16, c_out, T), dtype=dt)  # U_W @ V_e, then KA^T feats
-        self.V_u = xp.empty((16, c_out, Tg), dtype=dt)  # KB tiles(u_pad)
-        self.M_g = xp.empty((16, c_in, Tg), dtype=dt)  # U_Wf @ V_u
+        # Two buffers, four operands: grads() is done with V_e and M_f (the eps side) before it
+        # forms V_u and M_g (the eta side), so each eta-side operand reuses an eps-side buffer.
+        eps_side = xp.empty(16 * c_in * max(T, Tg), dtype=dt)
+        out_side = xp.empty(16 * c_out * max(T, Tg), dtype=dt)
+        self.V_e = eps_side[:16 * c_in * T].reshape(16, c_in, T)  # KB tiles(eps)
+        self.M_f = out_side[:16 * c_out * T].reshape(16, c_out, T)  # U_W @ V_e, then KA^T feats
+        self.V_u = out_side[:16 * c_out * Tg].reshape(16, c_out, Tg)  # KB tiles(u_pad), over M_f
+        self.M_g = eps_side[:16 * c_in * Tg].reshape(16, c_in, Tg)  # U_Wf @ V_u, over V_e
         self.n_U_d = 16 * c_in * Tg  # KA^T d lives in the scratch, before the transforms' work
         self.U_W = wg.filter_transform(self.W["weight"])  # (16, C_out, C_in), once per batch
         self.even_g = H % 2 == 0 and Wd % 2 == 0
@@ -87,6 +91,10 @@ class WinogradConvPoolPlan(ConvPoolPlan):
         self._scatter_features(y_noisy, idx_noisy, eta)
         buf = scratch(xp, (self.work_size,), eps.dtype)
         work, U_d = buf[self.n_U_d:], buf[:self.n_U_d].reshape(self.M_g.shape)
+        feats = columns_view(self.feats, (B,) + conv.out_shape[1:]).transpose(1, 0, 2, 3)
+        U_f = wg.gradient_transform(feats, self.M_f, work)
+        grad = wg.weight_from_transformed(U_f @ self.V_e.transpose(0, 2, 1))
+        # V_e and M_f are free from here on: M_g and V_u overwrite them.
         wg.input_transform(self.u_pad.transpose(1, 0, 2, 3), self.V_u, work)
         xp.matmul(wg.filter_transform(flip_kernel(omega["weight"])), self.V_u, out=self.M_g)
         d = columns_view(self.d_rows, (B, H, Wd)).transpose(1, 0, 2, 3)  # (B, C_in, H, W) view
@@ -97,9 +105,6 @@ class WinogradConvPoolPlan(ConvPoolPlan):
         else:
             wg.output_transform(self.M_g, d, work)
             wg.gradient_transform(d, U_d, work)
-        feats = columns_view(self.feats, (B,) + conv.out_shape[1:]).transpose(1, 0, 2, 3)
-        U_f = wg.gradient_transform(feats, self.M_f, work)  # M_f is free again
-        grad = wg.weight_from_transformed(U_f @ self.V_e.transpose(0, 2, 1))
         # U_d and the features both carry 2/B, the eta term wants it once: hence B/2.
         grad_f = wg.weight_from_transformed(U_d @ self.V_u.transpose(0, 2, 1))
         grad += (B / 2.0) * flip_kernel(grad_f)
