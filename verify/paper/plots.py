@@ -62,6 +62,9 @@ def accuracy_bars(path, labels, values: list, title: str) -> Path:
            capsize=3, color=[f"C{i}" for i in range(len(labels))])
     for i, v in enumerate(values):
         ax.plot([i] * len(v), v, "k.", ms=4)
+        if not len(v):  # every run diverged or failed: say so rather than leave an empty slot
+            ax.text(i, 0, "no run\ncompleted", ha="center", va="bottom", fontsize=8)
+    ax.set_xlim(-0.6, len(labels) - 0.4)  # empty (NaN) bars do not take part in autoscaling
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, fontsize=8, rotation=20)
     ax.set(ylabel="final test top-1 (%)", title=title)
