@@ -105,3 +105,19 @@ def test_end_to_end_claim_reports_simple_vgg_angles_without_judging_them():
     # a lower bound (the method failing) is asserted only for random feedback
     assert all("random" in c.name for c in outcome.checks if c.threshold.op in (">", ">="))
     assert outcome.passed
+
+
+def test_accuracy_bars_label_configurations_without_a_completed_run(tmp_path, monkeypatch):
+    from verify.paper import plots
+    texts = []
+    real_figure = plots._figure
+
+    def spy_figure(*a, **k):
+        fig, ax = real_figure(*a, **k)
+        original = ax.text
+        ax.text = lambda *ta, **tk: texts.append(ta[2]) or original(*ta, **tk)
+        return fig, ax
+
+    monkeypatch.setattr(plots, "_figure", spy_figure)
+    path = plots.accuracy_bars(tmp_path / "bars.png", ["bp", "dtp"], [[35.0, 36.0], []], "t")
+    assert path.is_file() and texts == ["no run\ncompleted"]
