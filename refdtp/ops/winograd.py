@@ -29,7 +29,7 @@ which reuses the forward's input transform V (the L-DRL conv plan computes it on
 iteration for both). Outputs of odd size take one more tile row/column, computed and
 cropped (forward) or fed zeros (gradient). In float64 the results equal the direct
 convolution to round-off; the transform entries are 0, +-1 and +-1/2, so float32 loses
-about one bit against the direct form (docs/conventions.md §4).
+about one bit against the direct form (docs/algorithm.md §4.3).
 """
 from __future__ import annotations
 
